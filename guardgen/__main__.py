@@ -1,0 +1,3 @@
+from guardgen.cli import main
+
+main()

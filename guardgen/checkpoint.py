@@ -1,0 +1,304 @@
+"""Folder checkpoints: ``config.json`` + ``*.safetensors``, atomic writes, safe loading, resumable state.
+
+Rules (see DESIGN.md, "Runs, checkpoints, safety of files"):
+- every file is written to a temporary name in the same folder and renamed into place, so an
+  interrupted write never leaves a half file where a good one stood;
+- weights are read with safetensors only; a pickle (``.pt``/``.pth``/``.bin``) is refused unless the
+  caller passes ``allow_pickle=True``, and even then it is read with ``torch.load(weights_only=True)``;
+- long loops save ``training_state/`` (model, optimizer, step, RNG) and resume from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from guardgen.errors import GuardgenError
+
+__all__ = [
+    "atomic_path",
+    "atomic_dir",
+    "save_json",
+    "load_json",
+    "save_safetensors",
+    "load_safetensors",
+    "check_safetensors",
+    "load_state_dict",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_training_state",
+    "load_training_state",
+    "PICKLE_SUFFIXES",
+]
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise GuardgenError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GuardgenError(f"{path}: not valid JSON ({err.__class__.__name__}); restore or rebuild it") from None
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write a flat tensor dict as safetensors, atomically (tensors are made contiguous, on CPU)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return path
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Validate a safetensors file's header and length without reading the tensors (cheap).
+
+    Raises a one-line GuardgenError for a truncated, padded or garbled file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    problem = None
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n + 8 > size:
+            problem = "header runs past the end of the file"
+        else:
+            try:
+                header = json.loads(f.read(n))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                if 8 + n + end != size:
+                    problem = f"expected {8 + n + end} bytes, found {size}"
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError):
+                problem = "unreadable header"
+    if problem:
+        raise GuardgenError(f"{path}: corrupt or truncated safetensors file ({problem}); rebuild or re-download it")
+
+
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupt file raises a one-line GuardgenError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise GuardgenError(f"{path}: no such weight file")
+    check_safetensors(path)
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        raise GuardgenError(
+            f"{path}: corrupt or truncated safetensors file ({first}); rebuild or re-download it"
+        ) from None
+
+
+def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read weights from ``path``: safetensors always; a pickle only with ``allow_pickle=True``.
+
+    A pickle is read with ``torch.load(weights_only=True)``, which refuses arbitrary objects.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise GuardgenError(
+                f"{path}: refusing to unpickle a {path.suffix} file; convert it to .safetensors, "
+                "or pass --allow-pickle to read it with torch.load(weights_only=True)"
+            )
+        if not path.is_file():
+            raise GuardgenError(f"{path}: no such weight file")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure here is a bad file
+            raise GuardgenError(f"{path}: cannot be read safely ({err.__class__.__name__})") from None
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise GuardgenError(f"{path}: does not hold a flat state dict of tensors")
+        return obj
+    raise GuardgenError(f"{path}: unknown weight format {path.suffix!r}; expected .safetensors")
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    config: dict,
+    weights: dict[str, dict[str, torch.Tensor]],
+    extra_files: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/config.json`` and ``folder/<name>.safetensors`` for each entry of ``weights``.
+
+    The whole folder is swapped in at the end, so a reader never sees a half-written checkpoint.
+    ``extra_files`` maps file names to JSON-able objects (model card, results, ...).
+    """
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        for name, state in weights.items():
+            save_safetensors(state, tmp / f"{name}.safetensors")
+        for name, obj in (extra_files or {}).items():
+            if isinstance(obj, str):
+                (tmp / name).write_text(obj)
+            else:
+                save_json(obj, tmp / name)
+        save_json(config, tmp / "config.json")
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """Read a folder written by :func:`save_checkpoint`: ``(config, {name: state_dict})``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GuardgenError(f"{folder}: no such checkpoint folder")
+    config = load_json(folder / "config.json")
+    weights = {p.stem: load_safetensors(p) for p in sorted(folder.glob("*.safetensors"))}
+    return config, weights
+
+
+# ---------------------------------------------------------------------------------------------------
+# resumable training state
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optimizer."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_state(
+    folder: str | os.PathLike,
+    *,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    generator: torch.Generator | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Save everything a loop needs to continue exactly where it stopped (atomically, as one folder)."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        meta: dict[str, Any] = {"step": step, "extra": extra or {}, "optimizers": {}}
+        for name, module in modules.items():
+            save_safetensors(module.state_dict(), tmp / f"{name}.safetensors")
+        for name, opt in (optimizers or {}).items():
+            tensors, ometa = _flatten_optimizer(opt)
+            save_safetensors(tensors, tmp / f"{name}.optim.safetensors")
+            meta["optimizers"][name] = ometa
+        rng = {"torch": torch.get_rng_state()}
+        if generator is not None:
+            rng["generator"] = generator.get_state()
+        save_safetensors(rng, tmp / "rng.safetensors")
+        save_json(meta, tmp / "state.json")
+    return folder
+
+
+def load_training_state(
+    folder: str | os.PathLike,
+    *,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[int, dict]:
+    """Restore what :func:`save_training_state` wrote; returns ``(step, extra)``."""
+    folder = Path(folder)
+    meta = load_json(folder / "state.json")
+    for name, module in modules.items():
+        module.load_state_dict(load_safetensors(folder / f"{name}.safetensors"))
+    for name, opt in (optimizers or {}).items():
+        tensors = load_safetensors(folder / f"{name}.optim.safetensors")
+        opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizers"][name]))
+    rng = load_safetensors(folder / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    if generator is not None and "generator" in rng:
+        generator.set_state(rng["generator"])
+    return int(meta["step"]), meta.get("extra", {})

@@ -1,0 +1,74 @@
+"""What every CLI group shares: consoles, one-line errors (exit 2), progress bars, tables."""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from guardgen.errors import GuardgenError
+
+__all__ = ["console", "err_console", "guarded", "progress_callback", "results_table", "fail"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr (one line) and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable) -> Callable:
+    """Turn user errors into one line on stderr and exit code 2; Ctrl-C into exit 130 with a resume hint."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GuardgenError as err:
+            fail(str(err).splitlines()[0] if str(err) else "bad input")
+        except FloatingPointError as err:
+            fail(f"training diverged: {err}")
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished files are kept; rerun with --resume to continue")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@contextmanager
+def progress_callback(description: str, total: int | None = None, keys: tuple[str, ...] = ("loss",)) -> Iterator[Callable]:
+    """A rich progress bar driven by a method's ``callback(step, logs)``; logs may carry ``total``."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=total, info="")
+
+        def callback(step: int, logs: dict) -> None:
+            info = "  ".join(f"{k} {logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
+            progress.update(task, completed=step, total=logs.get("total", total), info=info)
+
+        yield callback
+
+
+def results_table(title: str, rows: list[dict], columns: list[str] | None = None) -> Table:
+    """A rich table from a list of row dicts (floats shown with 4 significant digits)."""
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col == columns[0] else "right")
+    for row in rows:
+        cells = []
+        for col in columns:
+            v = row.get(col, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else escape(str(v)))
+        table.add_row(*cells)
+    return table

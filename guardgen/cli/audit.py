@@ -1,0 +1,19 @@
+"""`guardgen audit`: Audit reports. Commands land with issue 8 and later issues."""
+
+from __future__ import annotations
+
+import typer
+
+from guardgen.cli._common import console
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True)
+
+PLANNED = "issue 8 (`guardgen audit SPEC --out DIR`)"
+
+
+@app.command("status")
+def status() -> None:
+    """Say what this group holds now and what lands here next."""
+    console.print(f"[bold]guardgen audit[/]: not built yet; lands with {PLANNED}.")

@@ -1,0 +1,232 @@
+"""Image folders in the layouts of AIGC detection and attribution work.
+
+- ``binary``: ``0_real/`` and ``1_fake/`` (CNNDetection), or ``real/`` and ``fake/``, possibly nested one
+  level under category folders (``root/car/0_real``); label 0 = real, 1 = fake.
+- ``per_source``: one subfolder per source (a generator, or ``real``); label = sorted folder index and
+  ``class_names`` = the folder names. A ``real`` folder is just another source here.
+- ``flat``: images directly in ``root``; label 0.
+- ``auto``: ``flat`` when ``root`` has no subfolder, ``binary`` when its subfolders (or every
+  subfolder's subfolders) are all real/fake names, else ``per_source``.
+
+Files are visited in sorted order; hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are
+ignored. Corrupt, empty or non-image files are skipped and listed in a :class:`LoadReport`, never a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guardgen.data.shipped import ImageSet, resize
+from guardgen.errors import GuardgenError
+
+__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "load_image_folder", "ImageFolderDataset", "read_image"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+LAYOUTS = ("auto", "binary", "per_source", "flat")
+_REAL, _FAKE = ("0_real", "real"), ("1_fake", "fake")
+_GRAY_MODES = ("1", "L", "LA", "La", "F")
+
+
+@dataclass(kw_only=True)
+class LoadReport:
+    """What a folder load did: ``loaded`` images, and ``skipped`` files as ``(path, reason)``."""
+
+    loaded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
+    """One image file as (C, H, W) float32 in [0, 1]; ``channels`` 1 (gray), 3 (RGB) or None (the file's own).
+
+    16-bit files keep their full range. Raises whatever Pillow raises on a bad file.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        wide = img.mode.startswith("I")  # 16/32-bit integer gray
+        channels = channels or (1 if wide or img.mode in _GRAY_MODES else 3)
+        if wide:
+            arr = np.clip(np.array(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+            arr = arr if channels == 1 else np.repeat(arr[..., None], 3, axis=-1)
+        else:
+            arr = np.array(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr)
+    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
+
+
+def load_image_folder(root: str | Path, *, resolution: int | None = None, channels: int | None = None,
+                      layout: str = "auto") -> tuple[ImageSet, LoadReport]:
+    """Read every image under ``root`` into memory.
+
+    Returns ``(ImageSet, LoadReport)``: images (N, C, H, W) float32 in [0, 1], labels (N,) int64.
+    ``resolution`` resizes each image to a square (antialiased); None requires all images to share one
+    size. ``channels`` None keeps the mode (gray or RGB) of the first readable image.
+    """
+    _check_args(resolution, channels, layout)
+    root = Path(root)
+    items, class_names, layout, report = _scan(root, layout)
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    for path, label in items:
+        try:
+            x = read_image(path, channels)
+        except Exception as err:  # noqa: BLE001 - any failure to decode means a bad file: skip it
+            report.skipped.append((str(path), _reason(path, err)))
+            continue
+        channels = channels or x.shape[0]
+        if resolution is not None:
+            x = resize(x.unsqueeze(0), resolution)[0]
+        elif images and x.shape != images[0].shape:
+            raise GuardgenError(f"{path}: size {tuple(x.shape[1:])} differs from {tuple(images[0].shape[1:])}; "
+                                "pass a resolution to resize all images")
+        images.append(x)
+        labels.append(label)
+    report.loaded = len(images)
+    if not images:
+        raise GuardgenError(f"{root}: no readable images ({layout} layout, {len(report.skipped)} files skipped)")
+    name = root.resolve().name
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names, name), report
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Lazy :func:`load_image_folder` for data too large for memory; item ``i`` is ``(x, label)``.
+
+    ``x`` is (C, H, W) float32 in [0, 1]. Files are listed at construction and checked with Pillow's
+    ``verify()``; the ones that fail are left out and listed in ``report.skipped``.
+    """
+
+    def __init__(self, root: str | Path, *, layout: str = "auto", resolution: int | None = None,
+                 channels: int | None = None):
+        from PIL import Image
+
+        _check_args(resolution, channels, layout)
+        items, self.class_names, self.layout, self.report = _scan(Path(root), layout)
+        self.resolution = resolution
+        self.items: list[tuple[Path, int]] = []
+        size = None
+        for path, label in items:
+            try:
+                with Image.open(path) as img:
+                    mode, this_size = img.mode, img.size
+                    img.verify()
+            except Exception as err:  # noqa: BLE001 - any failure to open means a bad file: skip it
+                self.report.skipped.append((str(path), _reason(path, err)))
+                continue
+            if channels is None:
+                channels = 1 if mode.startswith("I") or mode in _GRAY_MODES else 3
+            if resolution is None and size is not None and this_size != size:
+                raise GuardgenError(f"{path}: size {this_size} differs from {size}; "
+                                    "pass a resolution to resize all images")
+            size = this_size
+            self.items.append((path, label))
+        self.channels = channels
+        self.report.loaded = len(self.items)
+        if not self.items:
+            raise GuardgenError(f"{root}: no readable images "
+                                f"({self.layout} layout, {len(self.report.skipped)} files skipped)")
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(N,) int64, e.g. for a class-balanced sampler."""
+        return torch.tensor([label for _, label in self.items], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[i]
+        try:
+            x = read_image(path, self.channels)
+        except Exception as err:  # noqa: BLE001 - passed verify() but cannot be decoded
+            raise GuardgenError(f"{path}: {_reason(path, err)}; "
+                                "remove it, or use load_image_folder, which skips such files") from None
+        if self.resolution is not None:
+            x = resize(x.unsqueeze(0), self.resolution)[0]
+        return x, label
+
+
+def _check_args(resolution, channels, layout) -> None:
+    if layout not in LAYOUTS:
+        raise GuardgenError(f"unknown folder layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if channels not in (None, 1, 3):
+        raise GuardgenError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
+    if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
+        raise GuardgenError(f"resolution must be a positive integer, got {resolution!r}")
+
+
+def _reason(path: Path, err: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file"
+    if isinstance(err, UnidentifiedImageError):
+        return "not a recognised image"
+    first = (str(err).splitlines() or [""])[0][:80]
+    kind = err.__class__.__name__
+    return f"unreadable image ({kind}: {first})" if first else f"unreadable image ({kind})"
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder) if p.is_dir()]
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every non-hidden file under ``folder``, recursively, in sorted order."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _is_binary(dirs: list[Path]) -> bool:
+    return bool(dirs) and all(d.name.lower() in _REAL + _FAKE for d in dirs)
+
+
+def _detect_layout(root: Path) -> str:
+    subdirs = _subdirs(root)
+    if not subdirs:
+        return "flat"
+    if _is_binary(subdirs) or all(_is_binary(_subdirs(d)) for d in subdirs):
+        return "binary"
+    return "per_source"
+
+
+def _scan(root: Path, layout: str) -> tuple[list[tuple[Path, int]], list[str], str, LoadReport]:
+    """``([(path, label)], class_names, layout, report)``; ``report`` lists the files left out."""
+    if not root.is_dir():
+        raise GuardgenError(f"{root}: no such image folder")
+    layout = _detect_layout(root) if layout == "auto" else layout
+    report = LoadReport()
+    found: list[tuple[Path, int]] = []
+    if layout == "binary":
+        class_names = ["real", "fake"]
+        for path in _files(root):
+            dirs = [part.lower() for part in path.relative_to(root).parts[:-1]]
+            label = next((int(d in _FAKE) for d in dirs if d in _REAL + _FAKE), None)
+            if label is None:
+                report.skipped.append((str(path), "not under a real/fake folder"))
+            else:
+                found.append((path, label))
+    elif layout == "per_source":
+        sources = _subdirs(root)
+        class_names = [d.name for d in sources]
+        report.skipped += [(str(p), "not in a source folder") for p in _visible(root) if p.is_file()]
+        for label, folder in enumerate(sources):
+            found += [(p, label) for p in _files(folder)]
+    else:  # flat
+        class_names = [root.resolve().name]
+        found = [(p, 0) for p in _visible(root) if p.is_file()]
+    items = []
+    for path, label in found:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            items.append((path, label))
+        else:
+            report.skipped.append((str(path), f"not an image file ({path.suffix or 'no suffix'})"))
+    return items, class_names, layout, report

@@ -1,0 +1,102 @@
+"""Conditioning of diffusion UNets, one interface for class ids and text prompts.
+
+A method asks ``cond.embed(conds)`` for the keyword arguments of ``unet(x, t, **kwargs)`` and
+``cond.null(n)`` for the unconditional ones (classifier-free guidance); it never needs to know
+whether the model is a class-conditional ``UNet2DModel`` or a text-conditional ``UNet2DConditionModel``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from guardgen.errors import GuardgenError
+
+__all__ = ["ClassConditioning", "TextConditioning", "conditioning_for", "guided_eps"]
+
+
+class ClassConditioning:
+    """Class ids ``0..num_classes-1``; id ``num_classes`` is the null class (CFG)."""
+
+    kind = "class"
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None):
+        self.num_classes = num_classes
+        self.class_names = list(class_names or [str(c) for c in range(num_classes)])
+
+    def parse(self, concept) -> int:
+        """A class id from ``7``, ``"7"`` or a class name; unknown -> one-line error."""
+        text = str(concept).strip()
+        if text in self.class_names:
+            return self.class_names.index(text)
+        if text.lstrip("-").isdigit() and 0 <= int(text) < self.num_classes:
+            return int(text)
+        raise GuardgenError(f"unknown class {concept!r}; this model has classes 0..{self.num_classes - 1}")
+
+    def all_concepts(self) -> list[int]:
+        return list(range(self.num_classes))
+
+    def embed(self, conds: Sequence[int] | torch.Tensor, device="cpu") -> dict:
+        return {"class_labels": torch.as_tensor(conds, dtype=torch.long, device=device).flatten()}
+
+    def null(self, n: int, device="cpu") -> dict:
+        return {"class_labels": torch.full((n,), self.num_classes, dtype=torch.long, device=device)}
+
+
+class TextConditioning:
+    """Prompts, embedded by a frozen ``encode(prompts) -> (B, L, D)``; embeddings are cached per prompt."""
+
+    kind = "text"
+
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor], null_prompt: str = ""):
+        self.encode = encode
+        self.null_prompt = null_prompt
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def parse(self, concept) -> str:
+        text = str(concept).strip()
+        if not text:
+            raise GuardgenError("empty prompt; a text concept is a phrase such as 'a handwritten digit seven'")
+        return text
+
+    def _embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        missing = sorted({p for p in prompts if p not in self._cache})
+        if missing:
+            with torch.no_grad():
+                for p, e in zip(missing, self.encode(missing)):
+                    self._cache[p] = e.detach().float().cpu()
+        return torch.stack([self._cache[p] for p in prompts])
+
+    def embed(self, conds: Sequence[str], device="cpu") -> dict:
+        return {"encoder_hidden_states": self._embeddings(list(conds)).to(device)}
+
+    def null(self, n: int, device="cpu") -> dict:
+        return self.embed([self.null_prompt] * n, device)
+
+
+def guided_eps(unet, x: torch.Tensor, t: torch.Tensor, cond: dict, null: dict | None, guidance_scale: float) -> torch.Tensor:
+    """Noise prediction with classifier-free guidance: eps_u + w (eps_c - eps_u); w = 1 is plain conditional."""
+    if guidance_scale == 1.0 or null is None:
+        return unet(x, t, **cond).sample
+    both = {k: torch.cat([cond[k], null[k]]) for k in cond}
+    eps_c, eps_u = unet(torch.cat([x, x]), torch.cat([t, t]) if t.ndim else t, **both).sample.chunk(2)
+    return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+def conditioning_for(pipe):
+    """The conditioning of a loaded pipeline (class-conditional, the zoo's text model, or Stable Diffusion)."""
+    name = type(pipe).__name__
+    if hasattr(pipe, "encode_text"):  # guardgen text pipelines expose their encoder
+        return TextConditioning(pipe.encode_text)
+    if getattr(pipe.unet.config, "num_class_embeds", None):
+        num = int(getattr(pipe.config, "num_classes", pipe.unet.config.num_class_embeds - 1))
+        return ClassConditioning(num)
+    if getattr(pipe, "text_encoder", None) is not None and getattr(pipe, "tokenizer", None) is not None:
+        def encode(prompts: list[str]) -> torch.Tensor:
+            tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt")
+            return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+        return TextConditioning(encode)
+    raise GuardgenError(f"{name}: the model has no class or text conditioning to unlearn a concept from")

@@ -1,0 +1,170 @@
+"""Diffusion models and pipelines (diffusers): build, save, load, sample.
+
+Loaders return plain diffusers objects: a ``DiffusionPipeline`` for a pipeline folder
+(``model_index.json``), a ``UNet2DModel``/``UNet2DConditionModel`` for a model folder (``config.json``
+with a ``_class_name``). Weights are read with ``use_safetensors=True`` only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from pathlib import Path
+
+import torch
+
+from guardgen.checkpoint import atomic_dir, load_json
+from guardgen.errors import GuardgenError
+
+__all__ = [
+    "class_conditional_unet",
+    "load_diffusion",
+    "save_pipeline",
+    "sample_class_conditional",
+    "DIFFUSERS_MODEL_CLASSES",
+]
+
+DIFFUSERS_MODEL_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "VQModel", "Transformer2DModel")
+
+
+def class_conditional_unet(
+    *,
+    resolution: int = 16,
+    channels: int = 1,
+    num_classes: int = 10,
+    block_out_channels: tuple[int, ...] = (32, 64, 64),
+    layers_per_block: int = 1,
+    attention_levels: tuple[bool, ...] | None = None,
+    norm_num_groups: int = 8,
+):
+    """A class-conditional ``UNet2DModel`` with ``num_classes + 1`` class embeddings (the last is the null class).
+
+    Input (B, channels, resolution, resolution) in [-1, 1]; predicts the noise epsilon.
+    """
+    from diffusers import UNet2DModel
+
+    if attention_levels is None:  # self-attention at the lowest resolution only
+        attention_levels = tuple(i == len(block_out_channels) - 1 for i in range(len(block_out_channels)))
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
+    return UNet2DModel(
+        sample_size=resolution, in_channels=channels, out_channels=channels,
+        block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+        down_block_types=down, up_block_types=up, num_class_embeds=num_classes + 1,
+        norm_num_groups=norm_num_groups, attention_head_dim=8,
+    )
+
+
+def save_pipeline(pipe, folder: str | Path) -> Path:
+    """``pipe.save_pretrained`` (safetensors) into a fresh folder swapped in atomically.
+
+    For a guardgen pipeline class, its self-contained source is copied in as ``pipeline_guardgen.py``
+    and named in ``model_index.json``, so stock ``DiffusionPipeline.from_pretrained(folder)`` loads it.
+    """
+    import json
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        module = type(pipe).__module__
+        if module.startswith("guardgen.models.pipelines"):
+            shutil.copyfile(inspect.getsourcefile(type(pipe)), tmp / "pipeline_guardgen.py")
+            index = json.loads((tmp / "model_index.json").read_text())
+            index["_class_name"] = ["pipeline_guardgen", type(pipe).__name__]
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def load_diffusion(folder: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None):
+    """Load a diffusers pipeline folder or model folder from local disk (safetensors only)."""
+    import diffusers
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GuardgenError(f"{folder}: no such folder")
+    if (folder / "model_index.json").is_file():
+        index = load_json(folder / "model_index.json")
+        cls_name = index.get("_class_name")
+        _check_weights(folder)
+        try:
+            if isinstance(cls_name, list):  # a guardgen pipeline: the installed class, no remote code executed
+                pipe = _load_guardgen_pipeline(folder, index, torch_dtype)
+            else:
+                cls = getattr(diffusers, cls_name or "", None) or diffusers.DiffusionPipeline
+                pipe = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=torch_dtype)
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise GuardgenError(f"{folder}: cannot load the pipeline ({_first_line(err)})") from None
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+    if (folder / "config.json").is_file():
+        config = load_json(folder / "config.json")
+        cls_name = config.get("_class_name")
+        if cls_name not in DIFFUSERS_MODEL_CLASSES or not hasattr(diffusers, cls_name):
+            raise GuardgenError(f"{folder}: config.json is not a diffusers model ({cls_name or 'no _class_name'})")
+        _check_weights(folder)
+        try:
+            model = getattr(diffusers, cls_name).from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=torch_dtype)
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise GuardgenError(f"{folder}: cannot load the model ({_first_line(err)})") from None
+        return model.to(device).eval()
+    raise GuardgenError(f"{folder}: neither model_index.json nor config.json; not a diffusers folder")
+
+
+def _load_guardgen_pipeline(folder: Path, index: dict, torch_dtype):
+    """Build a guardgen pipeline from its component folders (what ``from_pretrained`` would do, minus remote code)."""
+    import importlib
+
+    from guardgen.models import pipelines
+
+    cls = getattr(pipelines, index["_class_name"][1], None)
+    if cls is None:
+        raise GuardgenError(f"{folder}: unknown guardgen pipeline {index['_class_name'][1]!r}; upgrade guardgen")
+    kwargs = {}
+    for name, value in index.items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, list) and len(value) == 2 and value[0] is not None:
+            component_cls = getattr(importlib.import_module(value[0]), value[1])
+            is_model = issubclass(component_cls, torch.nn.Module)
+            extra = {"torch_dtype": torch_dtype, "use_safetensors": True} if is_model else {}
+            kwargs[name] = component_cls.from_pretrained(folder / name, **extra)
+        elif not isinstance(value, list):
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else err.__class__.__name__
+
+
+def _check_weights(folder: Path) -> None:
+    """Fail early, in one line, on a truncated or corrupt safetensors file anywhere in the folder."""
+    from guardgen.checkpoint import check_safetensors
+
+    for path in folder.rglob("*.safetensors"):
+        check_safetensors(path)
+    pickles = [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    if pickles and not any(folder.rglob("*.safetensors")):
+        raise GuardgenError(f"{pickles[0]}: only pickle weights here; guardgen loads safetensors (convert the folder first)")
+
+
+@torch.no_grad()
+def sample_class_conditional(
+    pipe,
+    class_labels: torch.Tensor,
+    *,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Sample (N, C, H, W) images in [0, 1] for (N,) class labels, in batches, reproducibly from ``seed``."""
+    labels = torch.as_tensor(class_labels, dtype=torch.long)
+    out = []
+    for i in range(0, len(labels), batch_size):
+        g = torch.Generator().manual_seed(seed * 7919 + i)
+        res = pipe(labels[i : i + batch_size], num_inference_steps=num_inference_steps,
+                   guidance_scale=guidance_scale, generator=g, output_type="pt")
+        out.append(res.images.float().cpu())
+    return torch.cat(out) if out else torch.empty(0)

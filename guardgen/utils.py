@@ -1,0 +1,60 @@
+"""Small shared helpers: seeding, the accelerator, and a batched predict."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "make_accelerator", "machine_info", "Callback", "predict_logits"]
+
+Callback = Callable[[int, dict], None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU ``torch.Generator`` seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient_accumulation_steps: int = 1):
+    """An ``accelerate.Accelerator``: ``device="cpu"`` forces the CPU, ``"auto"`` takes a GPU when present.
+
+    Started under ``accelerate launch`` or ``torchrun`` it joins the process group (gloo on CPU, NCCL on
+    GPUs), so the same loop runs on one CPU, one GPU or many processes.
+    """
+    from accelerate import Accelerator
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if cpu and mixed_precision == "fp16":
+        mixed_precision = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
+
+
+def machine_info() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` on (N, C, H, W) images, in batches, on the model's device; returns CPU float32."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

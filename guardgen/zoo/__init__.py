@@ -1,0 +1,100 @@
+"""The zoo: tiny models trained on real data shipped in packages, weights shipped as safetensors.
+
+``zoo:NAME`` resolves to ``$GUARDGEN_ZOO_DIR/NAME`` when the user rebuilt it there, else to the copy
+shipped inside the package (``guardgen/zoo/weights/NAME``). ``build(NAME, out)`` retrains it, seeded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from guardgen.errors import GuardgenError
+
+__all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_path", "shipped_path", "user_zoo_dir", "build", "config_class"]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    kind: str  # "classifier" | "diffusion" | "gan" | "t2i"
+    description: str
+    module: str  # where the Config and build function live
+    config: str
+    builder: str
+    needs: tuple[str, ...] = ()  # zoo models the build uses (e.g. the oracle for evaluation)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry("mnist-oracle", "classifier", "digit classifier (timm guardgen_digitnet); oracle and FD features",
+                 "guardgen.zoo.oracle", "OracleConfig", "build_oracle"),
+        ZooEntry("mnist-ddpm", "diffusion", "class-conditional DDPM (diffusers UNet2DModel), CFG, 16x16",
+                 "guardgen.zoo.ddpm", "DDPMConfig", "build_ddpm", needs=("mnist-oracle",)),
+    ]
+}
+
+
+def zoo_names() -> list[str]:
+    return sorted(ZOO)
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise GuardgenError(f"unknown zoo model {name!r}; available: {', '.join(zoo_names())}")
+    return ZOO[name]
+
+
+def shipped_path(name: str) -> Path:
+    _entry(name)
+    return Path(__file__).parent / "weights" / name
+
+
+def user_zoo_dir() -> Path | None:
+    value = os.environ.get("GUARDGEN_ZOO_DIR")
+    return Path(value) if value else None
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "model_index.json").is_file()
+
+
+def zoo_path(name: str) -> Path:
+    """The folder of zoo model ``name``: the user's rebuilt copy if any, else the shipped one."""
+    _entry(name)
+    user = user_zoo_dir()
+    if user is not None and _complete(user / name):
+        return user / name
+    path = shipped_path(name)
+    if not _complete(path):
+        raise GuardgenError(f"zoo model {name!r} has no weights here; build it with `guardgen zoo build {name}`")
+    return path
+
+
+def config_class(name: str):
+    import importlib
+
+    entry = _entry(name)
+    return getattr(importlib.import_module(entry.module), entry.config)
+
+
+def build(name: str, out: str | Path, *, resume: bool = False, callback=None, **overrides) -> dict:
+    """Train zoo model ``name`` into ``out`` (seeded; ``overrides`` set config fields); returns metrics."""
+    import importlib
+
+    entry = _entry(name)
+    module = importlib.import_module(entry.module)
+    cfg_cls = getattr(module, entry.config)
+    known = {f.name for f in fields(cfg_cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise GuardgenError(f"{name}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    config = cfg_cls(**overrides)
+    kwargs = {}
+    if "mnist-oracle" in entry.needs:
+        from guardgen.models.classifier import load_classifier
+
+        kwargs["oracle"] = load_classifier(zoo_path("mnist-oracle"))
+    return getattr(module, entry.builder)(config, out, resume=resume, callback=callback, **kwargs)

@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from guardgen.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_every_group():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for group in ("zoo", "unlearn", "detect", "attack", "attribute", "copyright", "audit"):
+        assert group in result.output
+
+
+def test_placeholder_groups_say_what_lands_where():
+    result = invoke("detect", "status")
+    assert result.exit_code == 0 and "issue 4" in result.output
+
+
+def test_zoo_list_shows_shipped_models():
+    result = invoke("zoo", "list")
+    assert result.exit_code == 0
+    assert "mnist-oracle" in result.output and "shipped" in result.output
+
+
+def test_zoo_show_oracle_writes_grid_and_results(tmp_path):
+    result = invoke("zoo", "show", "mnist-oracle", "--out", tmp_path, "--per-class", 3)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_accuracy"] >= 0.97
+    assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_zoo_show_samples_a_pipeline_folder(tmp_path, tiny_class_pipeline):
+    result = invoke("zoo", "show", tiny_class_pipeline, "--out", tmp_path / "s", "--per-class", 1, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert set(results["per_class"]) == {str(c) for c in range(10)}
+    assert 0.0 <= results["conditional_accuracy"] <= 1.0
+
+
+def test_zoo_build_from_the_cli(tmp_path):
+    result = invoke("zoo", "build", "mnist-oracle", "--epochs", 1, "--out", tmp_path / "o", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "model.safetensors").is_file()
+    assert "test_accuracy" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (("zoo", "build", "nope"), "unknown zoo model 'nope'"),
+    (("zoo", "show", "/no/such/folder"), "no such file or folder"),
+    (("zoo", "build", "mnist-oracle", "--set", "epochs"), "expected KEY=VALUE"),
+    (("zoo", "build", "mnist-oracle", "--exclude", "12"), "class ids are 0..9"),
+    (("zoo", "show", "zoo:mnist-oracle", "--oracle", "zoo:mnist-ddpm"), "holds a pipeline"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_console_script_error_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "guardgen", "zoo", "show", "zoo:nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1

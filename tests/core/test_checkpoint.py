@@ -1,0 +1,98 @@
+import os
+
+import pytest
+import torch
+
+from guardgen.checkpoint import (atomic_path, load_checkpoint, load_json, load_safetensors, load_state_dict,
+                                 load_training_state, save_checkpoint, save_json, save_safetensors,
+                                 save_training_state)
+from guardgen.errors import GuardgenError
+
+
+def test_safetensors_round_trip(tmp_path):
+    state = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_safetensors(state, tmp_path / "m.safetensors", metadata={"note": 1})
+    back = load_safetensors(tmp_path / "m.safetensors")
+    assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"])
+
+
+def test_truncated_safetensors_is_one_line_error(tmp_path):
+    path = save_safetensors({"w": torch.randn(64, 64)}, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GuardgenError, match="corrupt or truncated") as info:
+        load_safetensors(path)
+    assert "\n" not in str(info.value)
+
+
+def test_pickle_refused_unless_asked_then_weights_only(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    with pytest.raises(GuardgenError, match="refusing to unpickle"):
+        load_state_dict(path)
+    assert torch.equal(load_state_dict(path, allow_pickle=True)["w"], torch.ones(2))
+
+
+def test_pickle_with_arbitrary_object_is_refused_even_when_asked(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"w": Evil()}, path)
+    with pytest.raises(GuardgenError, match="cannot be read safely"):
+        load_state_dict(path, allow_pickle=True)
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
+    target = tmp_path / "results.json"
+    save_json({"good": 1}, target)
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"half": ')
+            raise RuntimeError("interrupted")
+    assert load_json(target) == {"good": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_checkpoint_folder_is_swapped_whole(tmp_path):
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, {"v": 1}, {"model": {"w": torch.zeros(2)}})
+    save_checkpoint(folder, {"v": 2}, {"model": {"w": torch.ones(2)}}, extra_files={"card.md": "hello"})
+    config, weights = load_checkpoint(folder)
+    assert config == {"v": 2} and torch.equal(weights["model"]["w"], torch.ones(2))
+    assert (folder / "card.md").read_text() == "hello"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_bad_json_is_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(GuardgenError, match="not valid JSON"):
+        load_json(tmp_path / "config.json")
+
+
+def test_training_state_resumes_exactly(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        return model, torch.optim.Adam(model.parameters(), lr=0.1)
+
+    def run(model, opt, steps):
+        for _ in range(steps):
+            x = torch.randn(8, 4)
+            loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    model, opt = make()
+    run(model, opt, 3)
+    save_training_state(tmp_path / "state", step=3, modules={"m": model}, optimizers={"o": opt})
+    run(model, opt, 4)
+    straight = model.weight.detach().clone()
+
+    model2, opt2 = make()
+    step, _ = load_training_state(tmp_path / "state", modules={"m": model2}, optimizers={"o": opt2})
+    assert step == 3
+    run(model2, opt2, 4)
+    assert torch.allclose(model2.weight, straight)

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+from guardgen.errors import GuardgenError
+from guardgen.models import load_model, resolve
+from guardgen.models.diffusion import load_diffusion, sample_class_conditional
+
+
+def test_guardgen_pipeline_loads_and_samples_reproducibly(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    labels = torch.tensor([0, 3, 9])
+    a = sample_class_conditional(pipe, labels, num_inference_steps=3, guidance_scale=2.0, seed=1)
+    b = sample_class_conditional(pipe, labels, num_inference_steps=3, guidance_scale=2.0, seed=1)
+    c = sample_class_conditional(pipe, labels, num_inference_steps=3, guidance_scale=2.0, seed=2)
+    assert a.shape == (3, 1, 8, 8) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_class_label_changes_the_sample(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    with torch.no_grad():
+        pipe.unet.class_embedding.weight.mul_(50)  # make conditioning matter in a random net
+    x = sample_class_conditional(pipe, torch.tensor([1, 2]), num_inference_steps=2, seed=0)
+    assert not torch.allclose(x[0], x[1])
+
+
+def test_stock_diffusers_loads_the_folder(tiny_class_pipeline):
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((tiny_class_pipeline / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_guardgen", "ClassConditionalPipeline"]
+    pipe = DiffusionPipeline.from_pretrained(tiny_class_pipeline, trust_remote_code=True)
+    out = pipe([4], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 1, 8, 8)
+
+
+def test_out_of_range_label_is_refused(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    with pytest.raises(ValueError, match="class labels"):
+        pipe([10], num_inference_steps=1)
+
+
+def test_unet_model_folder_and_condition_model_folder(tmp_path):
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
+                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(tmp_path / "u")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                         norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(tmp_path / "c")
+    assert resolve(str(tmp_path / "u")).kind == "diffusion-model"
+    assert type(load_model(str(tmp_path / "u"))).__name__ == "UNet2DModel"
+    assert type(load_model(str(tmp_path / "c"))).__name__ == "UNet2DConditionModel"
+
+
+def test_tiny_stable_diffusion_pipeline_loads(tmp_path):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from guardgen.models.text import tiny_clip_text_encoder
+
+    text_encoder, tokenizer = tiny_clip_text_encoder()
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                                norm_num_groups=4, cross_attention_dim=32, attention_head_dim=2,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8,), latent_channels=4, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), sample_size=8)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "sd")
+    loaded = load_model(str(tmp_path / "sd"))
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    img = loaded("a handwritten digit seven", num_inference_steps=2, height=8, width=8, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 8, 8, 3)
+
+
+def test_truncated_unet_weights_fail_in_one_line(tiny_class_pipeline):
+    weights = next((tiny_class_pipeline / "unet").glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 3])
+    with pytest.raises(GuardgenError, match="corrupt or truncated"):
+        load_diffusion(tiny_class_pipeline)
+
+
+def test_pickle_only_folder_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    torch.save({"w": torch.ones(1)}, folder / "diffusion_pytorch_model.bin")
+    with pytest.raises(GuardgenError, match="safetensors"):
+        load_model(str(folder))

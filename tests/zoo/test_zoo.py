@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from guardgen import zoo
+from guardgen.errors import GuardgenError
+from guardgen.models.classifier import load_classifier
+
+
+def test_zoo_lists_the_issue_models():
+    assert {"mnist-oracle", "mnist-ddpm"} <= set(zoo.zoo_names())
+
+
+def test_unknown_setting_is_refused(tmp_path):
+    with pytest.raises(GuardgenError, match="unknown setting"):
+        zoo.build("mnist-oracle", tmp_path / "o", epochs=1, nonsense=3)
+
+
+def _weights(folder):
+    from guardgen.checkpoint import load_safetensors
+
+    return load_safetensors(folder / "model.safetensors")
+
+
+def test_oracle_build_is_seeded_and_loads(tmp_path):
+    a = zoo.build("mnist-oracle", tmp_path / "a", epochs=1, device="cpu")
+    b = zoo.build("mnist-oracle", tmp_path / "b", epochs=1, device="cpu")
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["test_accuracy"] == b["test_accuracy"] > 0.3  # one epoch already learns something
+    model = load_classifier(tmp_path / "a")
+    assert model(torch.rand(2, 1, 16, 16)).shape == (2, 10)
+    assert (tmp_path / "a" / "README.md").read_text().startswith("# mnist-oracle")
+
+
+def test_interrupted_build_resumes_to_the_same_model(tmp_path):
+    straight = tmp_path / "straight"
+    zoo.build("mnist-oracle", straight, epochs=1, device="cpu", checkpoint_every=10)
+
+    out = tmp_path / "interrupted"
+
+    def stop_at_15(step, logs):
+        if step == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zoo.build("mnist-oracle", out, epochs=1, device="cpu", checkpoint_every=10, callback=stop_at_15)
+    assert (out / "training_state" / "state.json").is_file()
+    assert not (out / "model.safetensors").exists()  # no half model where none stood
+    zoo.build("mnist-oracle", out, epochs=1, device="cpu", checkpoint_every=10, resume=True)
+    w1, w2 = _weights(straight), _weights(out)
+    assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-5) for k in w1)
+    assert not (out / "training_state").exists()
+
+
+def test_interrupted_rebuild_keeps_the_good_model(tmp_path):
+    out = tmp_path / "o"
+    zoo.build("mnist-oracle", out, epochs=1, device="cpu")
+    good = _weights(out)
+
+    def stop(step, logs):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zoo.build("mnist-oracle", out, epochs=1, device="cpu", seed=3, callback=stop)
+    kept = _weights(out)
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+    load_classifier(out)
+
+
+def test_tiny_ddpm_build_writes_a_loadable_pipeline(tmp_path):
+    from guardgen.models import load_model
+
+    oracle = load_classifier(zoo.zoo_path("mnist-oracle"))
+    from guardgen.zoo.ddpm import DDPMConfig, build_ddpm
+
+    config = DDPMConfig(steps=4, batch_size=8, block_out_channels=(8, 16), device="cpu", eval_samples_per_class=1, checkpoint_every=2)
+    metrics = build_ddpm(config, tmp_path / "d", oracle=oracle)
+    assert {"conditional_accuracy", "fd_oracle", "per_class_accuracy"} <= set(metrics)
+    assert 0.0 <= metrics["conditional_accuracy"] <= 1.0 and metrics["fd_oracle"] > 0
+    pipe = load_model(str(tmp_path / "d"))
+    assert pipe([3], num_inference_steps=2).images.shape == (1, 1, 16, 16)
+
+
+def test_ddpm_exclude_removes_classes_from_training(monkeypatch, tmp_path):
+    from guardgen.zoo import ddpm
+
+    seen = []
+    real = ddpm.load_mnist
+
+    def spy(split, resolution, exclude=()):
+        out = real(split, resolution, exclude=exclude)
+        seen.append((split, set(out.labels.tolist())))
+        return out
+
+    monkeypatch.setattr(ddpm, "load_mnist", spy)
+    ddpm.build_ddpm(ddpm.DDPMConfig(steps=1, batch_size=4, block_out_channels=(8, 16), device="cpu", exclude=(7,)), tmp_path / "d")
+    assert seen[0] == ("train", set(range(10)) - {7})

@@ -1,0 +1,10 @@
+"""Unlearning for generative models and classifiers: SFD, Adapt-then-Unlearn, redaction, baselines.
+
+Layer 2: uses the ``guardgen`` foundation only. Methods land with issues 3, 5, 6 and 7.
+"""
+
+from guardgen.registry import Registry
+
+UNLEARN = Registry("unlearning method")
+
+__all__ = ["UNLEARN"]

@@ -1,0 +1,246 @@
+"""Score Forgetting Distillation (SFD). Chen, Zhang and Zhou, "Score Forgetting Distillation: a swift,
+data-free method for machine unlearning in diffusion models", ICLR 2025.
+
+Three UNets start from the pretrained model: a frozen teacher (phi), a fake-score net (psi) and a
+one-step generator (theta). Each iteration takes one psi step (denoising score matching on the
+generator's samples) and one theta step with the SiD loss
+
+    l(alpha) = (p - s)^T [(p - x_g) - alpha (p - s)] / omega,   p = f_phi(x_t), s = f_psi(x_t),
+
+where f is the denoiser x_0(x_t). Retained conditions c_r use the teacher at c_r (distillation);
+forgotten conditions c_f use the teacher at an override c_o while psi and theta use c_f, so the
+generator's c_f-conditional becomes the teacher's c_o-conditional. No real images are used: only the
+label (or prompt) distribution of the retained data.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from guardgen.checkpoint import load_training_state, save_training_state
+from guardgen.errors import GuardgenError
+from guardgen.models.conditioning import conditioning_for, guided_eps
+from guardgen.utils import Callback, make_accelerator
+from unlearn import UNLEARN
+
+__all__ = ["SFD"]
+
+
+@UNLEARN.register("sfd")
+@dataclass(kw_only=True)
+class SFD:
+    """Hyperparameters: the paper's (alpha 1.2, Adam betas (0, 0.999), t in [38, 712), t_init 440,
+    value clipping at 1.0), with lr and lambda_forget scaled for short runs on small models."""
+
+    alpha: float = 1.2
+    lambda_retain: float = 1.0
+    lambda_forget: float = 1.0
+    lr_fake: float = 1e-4
+    lr_generator: float = 1e-4
+    iterations: int = 200
+    batch_size: int = 32
+    forget_share: float = 0.25  # share of each batch drawn with a forgotten condition
+    t_init: int = 440
+    t_min: int = 38
+    t_max: int = 712
+    teacher_guidance: float = 1.0  # classifier-free guidance of the teacher score
+    override: str = "fixed"  # "fixed" | "random" | "oracle"
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+    checkpoint_every: int = 50
+    history_: list = field(default_factory=list, init=False, repr=False)
+
+    def _validate_params(self) -> None:
+        if self.override not in ("fixed", "random", "oracle"):
+            raise GuardgenError(f"override must be fixed, random or oracle, not {self.override!r}")
+        if not 0 <= self.t_min < self.t_max:
+            raise GuardgenError("need 0 <= t_min < t_max")
+        if not 0 < self.forget_share < 1:
+            raise GuardgenError("forget_share must be in (0, 1)")
+
+    # -------------------------------------------------------------------------------------------------
+    def fit(self, pipe, *, forget: Sequence, retain: Sequence, override: Sequence | None = None, oracle=None,
+            callback: Callback | None = None, out: str | Path | None = None, resume: bool = False) -> "SFD":
+        """Distil ``pipe`` (with ``unet`` and ``scheduler``) into a one-step generator that forgets ``forget``.
+
+        forget/retain/override: class ids or prompts. With ``override="fixed"`` each forgotten
+        condition maps to ``override[i % len(override)]``; ``"random"`` draws a retained condition per
+        sample; ``"oracle"`` takes the ``oracle`` classifier's argmax on the teacher's denoised x_0,
+        with the forgotten classes masked out (class conditioning only).
+        """
+        self._validate_params()
+        cond = conditioning_for(pipe)
+        forget, retain = [cond.parse(c) for c in forget], [cond.parse(c) for c in retain]
+        override = [cond.parse(c) for c in (override or [])]
+        if not forget or not retain:
+            raise GuardgenError("SFD needs at least one forgotten and one retained condition")
+        if set(forget) & set(override):
+            raise GuardgenError("the override equals the forgotten concept; choose another override")
+        if self.override == "fixed" and not override:
+            raise GuardgenError("override='fixed' needs an override class or prompt")
+        if self.override == "oracle" and (oracle is None or cond.kind != "class"):
+            raise GuardgenError("override='oracle' needs a classifier and a class-conditional model")
+
+        acc = make_accelerator(self.device, self.mixed_precision)
+        rng = random.Random(self.seed)
+        torch.manual_seed(self.seed)
+        teacher = copy.deepcopy(pipe.unet).requires_grad_(False).eval().to(acc.device)
+        fake = copy.deepcopy(pipe.unet).train().requires_grad_(True)
+        gen = copy.deepcopy(pipe.unet).train().requires_grad_(True)
+        opt_fake = torch.optim.Adam(fake.parameters(), lr=self.lr_fake, betas=(0.0, 0.999), eps=1e-8)
+        opt_gen = torch.optim.Adam(gen.parameters(), lr=self.lr_generator, betas=(0.0, 0.999), eps=1e-8)
+        fake, gen, opt_fake, opt_gen = acc.prepare(fake, gen, opt_fake, opt_gen)
+        if oracle is not None:
+            oracle = oracle.to(acc.device).eval()
+        abar = pipe.scheduler.alphas_cumprod.to(acc.device, torch.float32)
+        cfg = pipe.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        shape = (cfg.in_channels, size, size)
+        n_forget = max(1, round(self.batch_size * self.forget_share))
+        n_retain = self.batch_size - n_forget
+        self.conditioning_ = cond
+        self.forget_, self.retain_, self.override_conditions_ = forget, retain, override
+
+        state_dir = Path(out) / "training_state" if out is not None else None
+        step = 0
+        if resume and state_dir is not None and (state_dir / "state.json").is_file():
+            step, extra = load_training_state(state_dir, modules={"fake": acc.unwrap_model(fake), "generator": acc.unwrap_model(gen)},
+                                              optimizers={"fake": opt_fake, "generator": opt_gen})
+            self.history_ = extra.get("history", [])
+            rng = random.Random(self.seed * 1_000_003 + step)
+        elif state_dir is not None and state_dir.exists():
+            shutil.rmtree(state_dir)
+
+        def one_step(net, z, c):
+            """The generator: (B, C, H, W) noise -> x_g, x_0 estimate at t_init."""
+            a = abar[self.t_init]
+            x_in = (1 - a).sqrt() * z
+            t = torch.full((len(z),), self.t_init, device=acc.device, dtype=torch.long)
+            return x_in / a.sqrt() - (1 / a - 1).sqrt() * net(x_in, t, **c).sample.float()
+
+        def denoise(eps, x_t, a):
+            return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+        t0 = time.perf_counter()
+        while step < self.iterations:
+            c_gen = [rng.choice(retain) for _ in range(n_retain)] + [rng.choice(forget) for _ in range(n_forget)]
+            is_forget = torch.tensor([False] * n_retain + [True] * n_forget, device=acc.device)
+            g = torch.Generator().manual_seed(self.seed * 7_919 + step)
+            cg = cond.embed(c_gen, acc.device)
+            null = cond.null(self.batch_size, acc.device)
+
+            # ---- fake-score step: denoising score matching on stop-gradient generator samples ----
+            with torch.no_grad(), acc.autocast():
+                x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
+            t = torch.randint(self.t_min, self.t_max, (self.batch_size,), generator=g).to(acc.device)
+            eps = torch.randn(x_g.shape, generator=g).to(acc.device)
+            a = abar[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
+            with acc.autocast():
+                err = (fake(x_t, t, **cg).sample.float() - eps).pow(2).flatten(1).mean(1)
+            weight = torch.where(is_forget, self.lambda_forget, self.lambda_retain)
+            loss_fake = (weight * err).mean()
+            opt_fake.zero_grad(set_to_none=True)
+            acc.backward(loss_fake)
+            _clip_values(fake, self.grad_clip)
+            opt_fake.step()
+
+            # ---- generator step: SiD loss, forgotten conditions scored by the teacher at the override ----
+            fake.requires_grad_(False)
+            with acc.autocast():
+                x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
+            t = torch.randint(self.t_min, self.t_max, (self.batch_size,), generator=g).to(acc.device)
+            eps = torch.randn(x_g.shape, generator=g).to(acc.device)
+            a = abar[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
+            c_teacher = self._teacher_conditions(c_gen, n_retain, override, retain, forget, rng, teacher, oracle, cond, x_t, t, a, acc.device)
+            with acc.autocast():
+                p = denoise(guided_eps(teacher, x_t, t, cond.embed(c_teacher, acc.device), null, self.teacher_guidance).float(), x_t, a)
+                s = denoise(fake(x_t, t, **cg).sample.float(), x_t, a)
+            omega = (p - x_g).abs().flatten(1).mean(1).clamp_min(1e-5).detach().view(-1, 1, 1, 1)
+            ell = ((p - s) * ((p - x_g) - self.alpha * (p - s)) / omega).flatten(1).sum(1)
+            loss_gen = (torch.where(is_forget, self.lambda_forget, self.lambda_retain) * ell).mean()
+            opt_gen.zero_grad(set_to_none=True)
+            acc.backward(loss_gen)
+            _clip_values(gen, self.grad_clip)
+            opt_gen.step()
+            fake.requires_grad_(True)
+
+            if not (torch.isfinite(loss_fake) and torch.isfinite(loss_gen)):
+                raise FloatingPointError(f"SFD diverged at iteration {step} (non-finite loss); "
+                                         f"the last good state is in {state_dir or 'memory'}: lower the learning rates")
+            step += 1
+            logs = {"total": self.iterations, "loss_fake": loss_fake.item(), "loss_gen": loss_gen.item(),
+                    "forget_gen": ell[is_forget].mean().item(), "seconds": time.perf_counter() - t0}
+            self.history_.append({"step": step, **{k: v for k, v in logs.items() if k != "total"}})
+            if callback is not None:
+                callback(step, logs)
+            if state_dir is not None and step % self.checkpoint_every == 0 and step < self.iterations:
+                save_training_state(state_dir, step=step, modules={"fake": acc.unwrap_model(fake), "generator": acc.unwrap_model(gen)},
+                                    optimizers={"fake": opt_fake, "generator": opt_gen}, extra={"history": self.history_})
+        self.generator_ = acc.unwrap_model(gen).eval().requires_grad_(False)
+        self.fake_score_ = acc.unwrap_model(fake).eval().requires_grad_(False)
+        self.train_seconds_ = time.perf_counter() - t0
+        if state_dir is not None and state_dir.exists():
+            shutil.rmtree(state_dir)
+        return self
+
+    def _teacher_conditions(self, c_gen, n_retain, override, retain, forget, rng, teacher, oracle, cond, x_t, t, a, device):
+        """Conditions for the teacher: retained ones as they are, forgotten ones replaced by an override."""
+        c_teacher = list(c_gen)
+        forget_idx = range(n_retain, len(c_gen))
+        if self.override == "fixed":
+            for i in forget_idx:
+                c_teacher[i] = override[forget.index(c_gen[i]) % len(override)]
+        elif self.override == "random":
+            for i in forget_idx:
+                c_teacher[i] = rng.choice(retain)
+        else:  # the oracle's pick on the teacher's denoised forget-conditional, forgotten classes masked
+            idx = torch.tensor(list(forget_idx), device=device)
+            with torch.no_grad():
+                eps = teacher(x_t[idx], t[idx], **cond.embed([c_gen[i] for i in forget_idx], device)).sample.float()
+                x0 = ((x_t[idx] - (1 - a[idx]).sqrt() * eps) / a[idx].sqrt()).clamp(-1, 1)
+                logits = oracle(((x0 + 1) / 2).to(device)).float()
+                logits[:, forget] = float("-inf")
+            for i, pick in zip(forget_idx, logits.argmax(1).tolist()):
+                c_teacher[i] = pick
+        return c_teacher
+
+    # -------------------------------------------------------------------------------------------------
+    def to_pipeline(self, pipe):
+        """The one-step generator as a :class:`OneStepPipeline` (with ``pipe``'s VAE / text encoder, if any)."""
+        from diffusers import DDPMScheduler
+
+        from guardgen.models.pipelines import OneStepPipeline
+
+        if not hasattr(self, "generator_"):
+            raise GuardgenError("SFD is not fitted yet; call fit first")
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        num_classes = getattr(self.conditioning_, "num_classes", 0)
+        one = OneStepPipeline(unet=self.generator_.cpu(), scheduler=scheduler, vae=getattr(pipe, "vae", None),
+                              text_encoder=getattr(pipe, "text_encoder", None), tokenizer=getattr(pipe, "tokenizer", None),
+                              t_init=self.t_init, num_classes=num_classes,
+                              text_encoder_name=getattr(pipe.config, "text_encoder_name", "") or "")
+        if hasattr(pipe, "encode_text"):
+            one.encode_text = pipe.encode_text
+        return one
+
+    def get_params(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.endswith("_")}
+
+
+def _clip_values(module: torch.nn.Module, value: float) -> None:
+    """Per-value gradient clipping (the paper's setting), skipping parameters without gradients."""
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad.clamp_(-value, value)
