@@ -24,3 +24,24 @@ def tiny_class_pipeline(tmp_path):
     unet = class_conditional_unet(resolution=8, block_out_channels=(8, 16), attention_levels=(False, True), norm_num_groups=4)
     pipe = ClassConditionalPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), num_classes=10)
     return save_pipeline(pipe, tmp_path / "tiny-ddpm")
+
+
+@pytest.fixture
+def tiny_sd_pipeline(tmp_path):
+    """A tiny random Stable Diffusion pipeline folder (diffusers-test style), CLIP text encoder included."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from guardgen.models.text import tiny_clip_text_encoder
+
+    torch.manual_seed(0)
+    text_encoder, tokenizer = tiny_clip_text_encoder()
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                                norm_num_groups=4, cross_attention_dim=32, attention_head_dim=2,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8,), latent_channels=4, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), sample_size=8)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "tiny-sd")
+    return tmp_path / "tiny-sd"

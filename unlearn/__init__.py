@@ -8,3 +8,5 @@ from guardgen.registry import Registry
 UNLEARN = Registry("unlearning method")
 
 __all__ = ["UNLEARN"]
+
+from unlearn import esd, ga, retrain, sfd  # noqa: E402,F401  (registers the methods)

@@ -48,7 +48,7 @@ class SFD:
     iterations: int = 200
     batch_size: int = 32
     forget_share: float = 0.25  # share of each batch drawn with a forgotten condition
-    t_init: int = 440
+    t_init: int = 440  # timesteps on a 1000-step schedule; rescaled to the model's own schedule length
     t_min: int = 38
     t_max: int = 712
     teacher_guidance: float = 1.0  # classifier-free guidance of the teacher score
@@ -92,7 +92,6 @@ class SFD:
             raise GuardgenError("override='oracle' needs a classifier and a class-conditional model")
 
         acc = make_accelerator(self.device, self.mixed_precision)
-        rng = random.Random(self.seed)
         torch.manual_seed(self.seed)
         teacher = copy.deepcopy(pipe.unet).requires_grad_(False).eval().to(acc.device)
         fake = copy.deepcopy(pipe.unet).train().requires_grad_(True)
@@ -103,6 +102,10 @@ class SFD:
         if oracle is not None:
             oracle = oracle.to(acc.device).eval()
         abar = pipe.scheduler.alphas_cumprod.to(acc.device, torch.float32)
+        scale = len(abar) / 1000
+        t_init, t_min = min(round(self.t_init * scale), len(abar) - 1), round(self.t_min * scale)
+        t_max = max(min(round(self.t_max * scale), len(abar)), t_min + 1)
+        self.t_init_ = t_init
         cfg = pipe.unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         shape = (cfg.in_channels, size, size)
@@ -117,15 +120,16 @@ class SFD:
             step, extra = load_training_state(state_dir, modules={"fake": acc.unwrap_model(fake), "generator": acc.unwrap_model(gen)},
                                               optimizers={"fake": opt_fake, "generator": opt_gen})
             self.history_ = extra.get("history", [])
-            rng = random.Random(self.seed * 1_000_003 + step)
-        elif state_dir is not None and state_dir.exists():
-            shutil.rmtree(state_dir)
+        else:
+            self.history_ = []
+            if state_dir is not None and state_dir.exists():
+                shutil.rmtree(state_dir)
 
         def one_step(net, z, c):
             """The generator: (B, C, H, W) noise -> x_g, x_0 estimate at t_init."""
-            a = abar[self.t_init]
+            a = abar[t_init]
             x_in = (1 - a).sqrt() * z
-            t = torch.full((len(z),), self.t_init, device=acc.device, dtype=torch.long)
+            t = torch.full((len(z),), t_init, device=acc.device, dtype=torch.long)
             return x_in / a.sqrt() - (1 / a - 1).sqrt() * net(x_in, t, **c).sample.float()
 
         def denoise(eps, x_t, a):
@@ -133,6 +137,7 @@ class SFD:
 
         t0 = time.perf_counter()
         while step < self.iterations:
+            rng = random.Random(self.seed * 1_000_003 + step)  # draws depend on (seed, step) only: exact resume
             c_gen = [rng.choice(retain) for _ in range(n_retain)] + [rng.choice(forget) for _ in range(n_forget)]
             is_forget = torch.tensor([False] * n_retain + [True] * n_forget, device=acc.device)
             g = torch.Generator().manual_seed(self.seed * 7_919 + step)
@@ -142,7 +147,7 @@ class SFD:
             # ---- fake-score step: denoising score matching on stop-gradient generator samples ----
             with torch.no_grad(), acc.autocast():
                 x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
-            t = torch.randint(self.t_min, self.t_max, (self.batch_size,), generator=g).to(acc.device)
+            t = torch.randint(t_min, t_max, (self.batch_size,), generator=g).to(acc.device)
             eps = torch.randn(x_g.shape, generator=g).to(acc.device)
             a = abar[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
@@ -159,7 +164,7 @@ class SFD:
             fake.requires_grad_(False)
             with acc.autocast():
                 x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
-            t = torch.randint(self.t_min, self.t_max, (self.batch_size,), generator=g).to(acc.device)
+            t = torch.randint(t_min, t_max, (self.batch_size,), generator=g).to(acc.device)
             eps = torch.randn(x_g.shape, generator=g).to(acc.device)
             a = abar[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
@@ -229,10 +234,8 @@ class SFD:
         num_classes = getattr(self.conditioning_, "num_classes", 0)
         one = OneStepPipeline(unet=self.generator_.cpu(), scheduler=scheduler, vae=getattr(pipe, "vae", None),
                               text_encoder=getattr(pipe, "text_encoder", None), tokenizer=getattr(pipe, "tokenizer", None),
-                              t_init=self.t_init, num_classes=num_classes,
+                              t_init=self.t_init_, num_classes=num_classes,
                               text_encoder_name=getattr(pipe.config, "text_encoder_name", "") or "")
-        if hasattr(pipe, "encode_text"):
-            one.encode_text = pipe.encode_text
         return one
 
     def get_params(self) -> dict:

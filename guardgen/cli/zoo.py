@@ -125,7 +125,7 @@ def show(
     from guardgen.data.generated import save_grid
     from guardgen.metrics import accuracy, class_rates
     from guardgen.models import load_model, resolve
-    from guardgen.models.diffusion import sample_class_conditional
+    from guardgen.models.diffusion import sample_images
     from guardgen.utils import predict_logits
 
     spec = name if (":" in name or "/" in name or Path(name).exists()) else f"zoo:{name}"
@@ -141,13 +141,15 @@ def show(
         results = {"spec": spec, "test_accuracy": accuracy(logits, test.labels), "per_class": class_rates(logits, test.labels)}
     elif ref.kind == "pipeline":
         pipe = load_model(spec)
+        prompts = getattr(pipe.config, "prompts", None)
         if guidance_scale is None:
             meta = ref.path / "guardgen.json"
             guidance_scale = json.loads(meta.read_text()).get("sampling", {}).get("guidance_scale", 1.0) if meta.is_file() else 1.0
         labels = torch.arange(10).repeat_interleave(per_class)
+        conditions = [prompts[str(c)][0] for c in labels.tolist()] if prompts else labels
         t0 = time.perf_counter()
         with progress_callback(f"sampling {spec}", total=1) as cb:
-            images = sample_class_conditional(pipe, labels, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
+            images = sample_images(pipe, conditions, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
             cb(1, {})
         seconds = time.perf_counter() - t0
         logits = predict_logits(judge, images)

@@ -87,11 +87,11 @@ def guided_eps(unet, x: torch.Tensor, t: torch.Tensor, cond: dict, null: dict | 
 def conditioning_for(pipe):
     """The conditioning of a loaded pipeline (class-conditional, the zoo's text model, or Stable Diffusion)."""
     name = type(pipe).__name__
-    if hasattr(pipe, "encode_text"):  # guardgen text pipelines expose their encoder
-        return TextConditioning(pipe.encode_text)
     if getattr(pipe.unet.config, "num_class_embeds", None):
-        num = int(getattr(pipe.config, "num_classes", pipe.unet.config.num_class_embeds - 1))
+        num = int(getattr(pipe.config, "num_classes", 0) or pipe.unet.config.num_class_embeds - 1)
         return ClassConditioning(num)
+    if hasattr(pipe, "encode_text") and getattr(pipe, "text_encoder", None) is None:  # guardgen text pipelines
+        return TextConditioning(pipe.encode_text)
     if getattr(pipe, "text_encoder", None) is not None and getattr(pipe, "tokenizer", None) is not None:
         def encode(prompts: list[str]) -> torch.Tensor:
             tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,

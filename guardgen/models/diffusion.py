@@ -21,6 +21,8 @@ __all__ = [
     "load_diffusion",
     "save_pipeline",
     "sample_class_conditional",
+    "sample_images",
+    "with_unet",
     "DIFFUSERS_MODEL_CLASSES",
 ]
 
@@ -168,3 +170,48 @@ def sample_class_conditional(
                    guidance_scale=guidance_scale, generator=g, output_type="pt")
         out.append(res.images.float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def sample_images(
+    pipe,
+    conditions,
+    *,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    height: int | None = None,
+) -> torch.Tensor:
+    """(N,) class ids or N prompts -> (N, C, H, W) images in [0, 1], for any guardgen or Stable Diffusion pipeline.
+
+    One-step pipelines ignore ``num_inference_steps`` and ``guidance_scale``. Reproducible from ``seed``.
+    """
+    conditions = list(conditions.tolist() if isinstance(conditions, torch.Tensor) else conditions)
+    text = bool(conditions) and isinstance(conditions[0], str)
+    name = type(pipe).__name__
+    out = []
+    for i in range(0, len(conditions), batch_size):
+        chunk = conditions[i : i + batch_size]
+        g = torch.Generator().manual_seed(seed * 7919 + i)
+        if name == "OneStepPipeline":
+            kwargs = {"prompt": chunk} if text else {"class_labels": chunk}
+            images = pipe(**kwargs, generator=g).images
+        elif text:
+            kwargs = {"height": height, "width": height} if height and name.startswith("StableDiffusion") else {}
+            images = pipe(prompt=chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          generator=g, output_type="pt", **kwargs).images
+        else:
+            images = pipe(chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          generator=g, output_type="pt").images
+        out.append(torch.as_tensor(images).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def with_unet(pipe, unet):
+    """A shallow copy of ``pipe`` whose ``unet`` is replaced (the scheduler, VAE and text encoder are shared)."""
+    import copy
+
+    new = copy.copy(pipe)
+    new.register_modules(unet=unet)
+    return new

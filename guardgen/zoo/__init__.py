@@ -33,6 +33,8 @@ ZOO: dict[str, ZooEntry] = {
                  "guardgen.zoo.oracle", "OracleConfig", "build_oracle"),
         ZooEntry("mnist-ddpm", "diffusion", "class-conditional DDPM (diffusers UNet2DModel), CFG, 16x16",
                  "guardgen.zoo.ddpm", "DDPMConfig", "build_ddpm", needs=("mnist-oracle",)),
+        ZooEntry("mnist-t2i", "t2i", "text-conditional DDPM (UNet2DConditionModel) on MiniLM sentence embeddings",
+                 "guardgen.zoo.t2i", "T2IConfig", "build_t2i", needs=("mnist-oracle",)),
     ]
 }
 

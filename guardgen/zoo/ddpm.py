@@ -125,7 +125,7 @@ def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, cal
     pipe.set_progress_bar_config(disable=True)
     metrics = {"train_seconds": round(train_seconds, 2), "steps": config.steps, "num_processes": acc.num_processes,
                "device": str(acc.device), "params": sum(p.numel() for p in final.parameters())}
-    if oracle is not None:
+    if oracle is not None and config.eval_samples_per_class > 0:
         metrics.update(evaluate_class_conditional(pipe, oracle, per_class=config.eval_samples_per_class,
                                                   guidance_scale=config.guidance_scale, resolution=config.resolution,
                                                   seed=config.seed))

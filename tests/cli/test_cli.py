@@ -74,3 +74,10 @@ def test_console_script_error_has_no_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_zoo_show_text_model_uses_its_prompts(tmp_path):
+    result = invoke("zoo", "show", "mnist-t2i", "--out", tmp_path, "--per-class", 1, "--steps", 10)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["conditional_accuracy"] >= 0.5  # 10 samples, 10-step DDIM: most are the prompted digit

@@ -7,5 +7,6 @@ then stock ``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_co
 
 from guardgen.models.pipelines.class_conditional import ClassConditionalPipeline
 from guardgen.models.pipelines.one_step import OneStepPipeline
+from guardgen.models.pipelines.text_conditional import TextConditionalPipeline
 
-__all__ = ["ClassConditionalPipeline", "OneStepPipeline"]
+__all__ = ["ClassConditionalPipeline", "OneStepPipeline", "TextConditionalPipeline"]

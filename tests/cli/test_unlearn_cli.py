@@ -1,0 +1,98 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from guardgen.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_methods_lists_every_method():
+    result = invoke("unlearn", "methods")
+    assert result.exit_code == 0
+    for name in ("sfd", "esd", "ga", "retrain"):
+        assert name in result.output
+
+
+def test_unlearn_concept_end_to_end_on_the_zoo(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--override", 1,
+                    "--iterations", 2, "--eval-per-class", 2, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert {"before", "after"} <= set(results)
+    assert {"forget_rate", "retain_accuracy", "fd_retained", "samples_per_second"} <= set(results["after"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "sfd" and run["forget"] == [7] and run["override"] == [1]
+    assert (out / "grid.png").is_file() and (out / "model_index.json").is_file()
+    assert "forget_rate" in result.output
+
+
+def test_unlearn_concept_without_evaluation_on_a_folder(tmp_path, tiny_class_pipeline):
+    result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 3, "--method", "esd",
+                    "--iterations", 1, "--no-evaluate", "--out", tmp_path / "esd", "--set", "ddim_steps=2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "esd" / "run.json").read_text())["method"] == "esd"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--forget", 12, "--override", 1), "unknown class '12'"),
+    (("--forget", 7, "--override", 7), "equals the forgotten concept"),
+    (("--forget", 7, "--method", "nope"), "unknown unlearning method 'nope'; choose one of: esd, ga, retrain, sfd"),
+    (("--forget", 7, "--override", 1, "--set", "bogus=1"), "unknown setting(s) bogus"),
+])
+def test_bad_input(tmp_path, args, message):
+    result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", *args, "--out", tmp_path / "r", "--iterations", 1)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_model_without_conditioning(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "uncond")
+    result = invoke("unlearn", "concept", "--model", tmp_path / "uncond", "--forget", 7, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "no class or text conditioning" in result.output
+
+
+def test_divergence_is_reported_and_nothing_is_written(tmp_path, tiny_class_pipeline):
+    out = tmp_path / "r"
+    result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 7, "--override", 1, "--iterations", 2,
+                    "--set", "alpha=NaN", "--set", "batch_size=4", "--no-evaluate", "--out", out)
+    assert result.exit_code == 2 and "diverged" in result.output
+    assert not (out / "model_index.json").exists()
+
+
+def _text_run(tmp_path, *extra):
+    out = tmp_path / "t2i"
+    result = invoke("unlearn", "concept", "--model", "zoo:mnist-t2i", "--forget", "a handwritten digit seven",
+                    "--override", "a handwritten digit one", "--iterations", 1, "--out", out,
+                    "--device", "cpu", "--set", "batch_size=8", *extra)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert "digit 7" in run["forget"] and "a scribbled seven" not in run["forget"]  # expanded, held-out kept out
+    assert all("seven" not in p and " 7" not in p for p in run["retain"])
+    return out
+
+
+def test_unlearn_a_text_concept(tmp_path):
+    out = _text_run(tmp_path, "--no-evaluate")
+    assert type(__import__("guardgen.models", fromlist=["x"]).load_model(str(out))).__name__ == "OneStepPipeline"
+
+
+@pytest.mark.slow
+def test_unlearn_a_text_concept_with_evaluation(tmp_path):
+    out = _text_run(tmp_path, "--eval-per-class", 1)
+    results = json.loads((out / "results.json").read_text())
+    assert "paraphrase_forget_rate" in results["after"] and "override_rate" in results["after"]
+
+
+def test_unknown_text_concept(tmp_path):
+    result = invoke("unlearn", "concept", "--model", "zoo:mnist-t2i", "--forget", "a photo of a cat", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "unknown concept 'a photo of a cat'" in result.output

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from guardgen.errors import GuardgenError
+from guardgen.models import load_model
+from guardgen.models.diffusion import load_diffusion, sample_images
+from unlearn import UNLEARN
+from unlearn.esd import ESD
+from unlearn.ga import GA
+from unlearn.retrain import Retrain
+
+
+def _changed(before, after, names=None):
+    a, b = before.state_dict(), after.state_dict()
+    return {k for k in a if not torch.equal(a[k], b[k]) and (names is None or names(k))}
+
+
+def test_registry_has_the_issue_methods():
+    assert {"sfd", "esd", "ga", "retrain"} <= set(UNLEARN.names())
+
+
+def test_esd_moves_the_forgotten_prediction_toward_negative_guidance(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    esd = ESD(iterations=6, batch_size=4, ddim_steps=3, lr=1e-3, device="cpu").fit(pipe, forget=[7])
+    x, t = torch.randn(8, 1, 8, 8), torch.full((8,), 50)
+    c, null = torch.full((8,), 7), torch.full((8,), 10)
+    with torch.no_grad():
+        e0, ec = pipe.unet(x, t, class_labels=null).sample, pipe.unet(x, t, class_labels=c).sample
+        target = e0 - (ec - e0)
+        before = (ec - target).pow(2).mean()
+        after = (esd.unet_(x, t, class_labels=c).sample - target).pow(2).mean()
+    assert after < before
+    assert esd.to_pipeline(pipe).unet is esd.unet_
+
+
+def test_esd_x_only_touches_cross_attention(tiny_sd_pipeline):
+    pipe = load_model(str(tiny_sd_pipeline))
+    esd = ESD(iterations=1, batch_size=2, ddim_steps=2, train="cross_attn", device="cpu").fit(pipe, forget=["a cat"])
+    changed = _changed(pipe.unet, esd.unet_)
+    assert changed and all("attn2" in k for k in changed)
+
+
+def test_ga_raises_the_forget_loss(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    ga = GA(iterations=5, batch_size=8, samples_per_condition=8, sample_steps=2, lr=1e-3, device="cpu")
+    ga.fit(pipe, forget=[7], retain=[1, 2])
+    assert ga.history_[-1]["loss_forget"] > ga.history_[0]["loss_forget"]
+    assert sample_images(ga.to_pipeline(pipe), [7], num_inference_steps=2).shape == (1, 1, 8, 8)
+
+
+def test_retrain_needs_a_zoo_recipe(tiny_class_pipeline, tmp_path):
+    with pytest.raises(GuardgenError, match="zoo"):
+        Retrain().fit(load_diffusion(tiny_class_pipeline), forget=[7], out=tmp_path)
+
+
+def test_retrain_rebuilds_without_the_class(monkeypatch, tmp_path, tiny_class_pipeline):
+    from guardgen import zoo
+
+    calls = {}
+
+    def fake_build(name, out, **kw):
+        calls.update(name=name, **kw)
+        import shutil
+
+        shutil.copytree(tiny_class_pipeline, out)
+        return {"train_seconds": 1.0}
+
+    monkeypatch.setattr(zoo, "build", fake_build)
+    r = Retrain(zoo_name="mnist-ddpm", steps=7).fit(None, forget=[7], out=tmp_path)
+    assert calls["name"] == "mnist-ddpm" and calls["exclude"] == (7,) and calls["steps"] == 7
+    assert type(r.to_pipeline(None)).__name__ == "ClassConditionalPipeline"

@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from guardgen.errors import GuardgenError
+from guardgen.models import load_model
+from guardgen.models.diffusion import load_diffusion, sample_images, save_pipeline
+from guardgen.utils import predict_logits
+from unlearn.sfd import SFD
+
+RETAIN = [c for c in range(10) if c != 7]
+
+
+@pytest.fixture(scope="module")
+def zoo_models():
+    return load_model("zoo:mnist-ddpm"), load_model("zoo:mnist-oracle")
+
+
+def _rates(pipe, oracle, classes, n=40):
+    labels = [c for c in classes for _ in range(n)]
+    pred = predict_logits(oracle, sample_images(pipe, labels, seed=3)).argmax(1)
+    return (pred == torch.tensor(labels)).float().mean().item()
+
+
+def test_sfd_forgets_the_class_and_keeps_the_others(zoo_models):
+    pipe, oracle = zoo_models
+    start = SFD(iterations=0, device="cpu").fit(pipe, forget=[7], retain=RETAIN, override=[1]).to_pipeline(pipe)
+    done = SFD(iterations=30, device="cpu").fit(pipe, forget=[7], retain=RETAIN, override=[1]).to_pipeline(pipe)
+    assert _rates(start, oracle, [7]) > 0.3  # the undistilled one-step generator still draws 7s
+    assert _rates(done, oracle, [7]) < 0.15
+    assert _rates(done, oracle, [0, 3, 8]) > 0.85
+    ones = predict_logits(oracle, sample_images(done, [7] * 40, seed=4)).argmax(1)
+    assert (ones == 1).float().mean() > 0.7  # the forgotten class became the override
+
+
+def test_sfd_resume_continues_exactly(tmp_path, tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    kw = dict(iterations=5, batch_size=4, device="cpu", checkpoint_every=2, t_init=40, t_min=4, t_max=70)
+    straight = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1])
+
+    def stop(step, logs):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, callback=stop)
+    assert (tmp_path / "training_state" / "state.json").is_file()
+    resumed = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, resume=True)
+    a, b = straight.generator_.state_dict(), resumed.generator_.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert len(resumed.history_) == 5 and not (tmp_path / "training_state").exists()
+
+
+def test_one_step_pipeline_round_trips_through_stock_diffusers(tmp_path, tiny_class_pipeline):
+    from diffusers import DiffusionPipeline
+
+    pipe = load_diffusion(tiny_class_pipeline)
+    sfd = SFD(iterations=1, batch_size=4, device="cpu", t_init=40, t_min=4, t_max=70, override="random")
+    one = sfd.fit(pipe, forget=[3], retain=[0, 1, 2]).to_pipeline(pipe)
+    save_pipeline(one, tmp_path / "run")
+    g = torch.Generator().manual_seed(0)
+    ours = load_model(str(tmp_path / "run"))(class_labels=[3, 4], generator=g).images
+    stock = DiffusionPipeline.from_pretrained(tmp_path / "run", trust_remote_code=True)
+    theirs = stock(class_labels=[3, 4], generator=torch.Generator().manual_seed(0)).images
+    assert ours.shape == (2, 1, 8, 8) and torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(forget=[7], retain=[1], override=[7]), "override equals the forgotten"),
+    (dict(forget=[12], retain=[1], override=[1]), "unknown class"),
+    (dict(forget=[7], retain=[1]), "needs an override"),
+])
+def test_sfd_bad_input(tiny_class_pipeline, kwargs, match):
+    with pytest.raises(GuardgenError, match=match):
+        SFD(iterations=1, device="cpu").fit(load_diffusion(tiny_class_pipeline), **kwargs)
+
+
+def test_sfd_oracle_override_needs_a_classifier(tiny_class_pipeline):
+    with pytest.raises(GuardgenError, match="needs a classifier"):
+        SFD(iterations=1, device="cpu", override="oracle").fit(load_diffusion(tiny_class_pipeline), forget=[7], retain=[1])
+
+
+def test_sfd_oracle_override_picks_non_forgotten_classes(tiny_class_pipeline):
+    from guardgen.models.classifier import create_classifier
+
+    oracle = create_classifier("guardgen_digitnet", num_classes=10).eval()
+    with torch.no_grad():
+        oracle.head.bias.copy_(torch.arange(10.0) * 10)  # always prefers 9, then 8
+    sfd = SFD(iterations=1, batch_size=4, device="cpu", override="oracle", t_init=40, t_min=4, t_max=70)
+    seen = []
+    original = SFD._teacher_conditions
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(out)
+        return out
+
+    SFD._teacher_conditions = spy
+    try:
+        sfd.fit(load_diffusion(tiny_class_pipeline), forget=[9], retain=[0, 1], oracle=oracle)
+    finally:
+        SFD._teacher_conditions = original
+    assert seen and seen[0][-1] == 8  # 9 is masked out, so the oracle's pick is 8
+
+
+def test_sfd_nan_stops_with_a_clear_error(tiny_class_pipeline):
+    with pytest.raises(FloatingPointError, match="diverged"):
+        SFD(iterations=2, batch_size=4, device="cpu", alpha=float("nan"), t_init=40, t_min=4, t_max=70).fit(
+            load_diffusion(tiny_class_pipeline), forget=[7], retain=[1], override=[1])
+
+
+def test_sfd_on_a_tiny_stable_diffusion_pipeline(tmp_path, tiny_sd_pipeline):
+    from diffusers import DiffusionPipeline
+
+    pipe = load_model(str(tiny_sd_pipeline))
+    sfd = SFD(iterations=2, batch_size=2, device="cpu", t_init=625, t_min=20, t_max=980)
+    sfd.fit(pipe, forget=["a photo of brad pitt"], retain=["a photo of a dog", "a painting"], override=["a middle aged man"])
+    one = sfd.to_pipeline(pipe)
+    assert one.vae is not None and one.text_encoder is not None
+    save_pipeline(one, tmp_path / "run")
+    loaded = load_model(str(tmp_path / "run"))
+    img = loaded(prompt=["a photo of brad pitt"], generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 3, 8, 8)
+    stock = DiffusionPipeline.from_pretrained(tmp_path / "run", trust_remote_code=True)
+    assert stock(prompt="a painting", generator=torch.Generator().manual_seed(0)).images.shape == (1, 3, 8, 8)

@@ -1,0 +1,105 @@
+"""Erased Stable Diffusion (ESD). Gandikota, Materzynska, Fiotto-Kaufman and Bau, "Erasing Concepts from
+Diffusion Models", ICCV 2023.
+
+Fine-tune the UNet so that its prediction for the concept c regresses onto the frozen model with
+negative guidance:  eps_theta(x_t, c) -> eps*(x_t) - eta [eps*(x_t, c) - eps*(x_t)],
+where x_t comes from partially sampling the fine-tuned model with c (DDIM), as in the paper.
+``train`` picks the parameters: "all", ESD-x ("cross_attn", text models) or ESD-u ("non_cross_attn").
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from guardgen.errors import GuardgenError
+from guardgen.models.conditioning import conditioning_for
+from guardgen.utils import Callback, make_accelerator
+from unlearn import UNLEARN
+
+__all__ = ["ESD"]
+
+
+@UNLEARN.register("esd")
+@dataclass(kw_only=True)
+class ESD:
+    eta: float = 1.0  # negative guidance strength
+    lr: float = 1e-4
+    iterations: int = 200
+    batch_size: int = 8
+    ddim_steps: int = 10  # the partial sampler that produces x_t
+    train: str = "all"  # "all" | "cross_attn" (ESD-x) | "non_cross_attn" (ESD-u)
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+    history_: list = field(default_factory=list, init=False, repr=False)
+
+    def _params(self, unet):
+        if self.train == "all":
+            return [p for p in unet.parameters()]
+        is_x = lambda n: "attn2" in n  # noqa: E731 - cross-attention blocks in diffusers UNets
+        named = [(n, p) for n, p in unet.named_parameters()]
+        chosen = [p for n, p in named if is_x(n) == (self.train == "cross_attn")]
+        if not chosen:
+            raise GuardgenError(f"ESD train={self.train!r}: this UNet has no such parameters; use train='all'")
+        return chosen
+
+    def fit(self, pipe, *, forget: Sequence, retain: Sequence = (), override: Sequence | None = None, oracle=None,
+            callback: Callback | None = None, out=None, resume: bool = False) -> "ESD":
+        """Fine-tune a copy of ``pipe.unet`` to erase the ``forget`` conditions (``retain``/``override`` unused)."""
+        from diffusers import DDIMScheduler
+
+        if self.train not in ("all", "cross_attn", "non_cross_attn"):
+            raise GuardgenError(f"ESD train must be all, cross_attn or non_cross_attn, not {self.train!r}")
+        cond = conditioning_for(pipe)
+        forget = [cond.parse(c) for c in forget]
+        acc = make_accelerator(self.device, self.mixed_precision)
+        rng = random.Random(self.seed)
+        torch.manual_seed(self.seed)
+        frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval().to(acc.device)
+        unet = copy.deepcopy(pipe.unet).train()
+        params = self._params(unet)
+        opt = torch.optim.Adam(params, lr=self.lr)
+        unet, opt = acc.prepare(unet, opt)
+        sampler = DDIMScheduler.from_config(pipe.scheduler.config)
+        sampler.set_timesteps(self.ddim_steps, device=acc.device)
+        cfg = pipe.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        t0 = time.perf_counter()
+        for step in range(1, self.iterations + 1):
+            g = torch.Generator().manual_seed(self.seed * 7_919 + step)
+            c = [rng.choice(forget) for _ in range(self.batch_size)]
+            c_emb, null = cond.embed(c, acc.device), cond.null(self.batch_size, acc.device)
+            stop = rng.randrange(self.ddim_steps)
+            x = torch.randn((self.batch_size, cfg.in_channels, size, size), generator=g).to(acc.device)
+            with torch.no_grad():  # partial DDIM sampling with the model being erased
+                for t in sampler.timesteps[:stop]:
+                    x = sampler.step(unet(x, t, **c_emb).sample, t, x).prev_sample
+            t = sampler.timesteps[stop].expand(self.batch_size)
+            with torch.no_grad():
+                e0, ec = frozen(x, t, **null).sample, frozen(x, t, **c_emb).sample
+                target = e0 - self.eta * (ec - e0)
+            with acc.autocast():
+                loss = F.mse_loss(unet(x, t, **c_emb).sample.float(), target.float())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"ESD diverged at iteration {step}; lower lr")
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            self.history_.append({"step": step, "loss": loss.item()})
+            if callback is not None:
+                callback(step, {"total": self.iterations, "loss": loss.item()})
+        self.unet_ = acc.unwrap_model(unet).eval().requires_grad_(False)
+        self.train_seconds_ = time.perf_counter() - t0
+        return self
+
+    def to_pipeline(self, pipe):
+        from guardgen.models.diffusion import with_unet
+
+        return with_unet(pipe, self.unet_.cpu())

@@ -1,0 +1,151 @@
+"""Evaluation of concept unlearning in a conditional generator, judged by an oracle classifier.
+
+- forget rate: share of samples drawn for a forgotten concept that the oracle still classifies as it;
+- retained accuracy: share of samples for retained concepts classified as their own concept;
+- FD on retained concepts against real images (oracle features), with k-NN recall beside it, since
+  a collapsed generator can look accurate;
+- paraphrase leakage (text concepts): the forget rate on held-out phrasings;
+- sampling throughput.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+
+from guardgen.metrics import fd_from_features, precision_recall_knn
+from guardgen.models.classifier import classifier_features
+from guardgen.utils import predict_logits
+
+__all__ = ["evaluate_concept_unlearning"]
+
+
+def evaluate_concept_unlearning(
+    sample_fn: Callable[[list], torch.Tensor],
+    oracle: torch.nn.Module,
+    *,
+    forget: dict,
+    retain: dict,
+    paraphrases: dict | None = None,
+    per_condition: int = 100,
+    real_retained: torch.Tensor | None = None,
+    override_class: int | None = None,
+) -> dict:
+    """Score a generator; ``forget``/``retain``/``paraphrases`` map a condition (class id or prompt) to
+    the oracle class it depicts; ``sample_fn(conditions)`` returns (N, C, H, W) images in [0, 1]."""
+    conditions = [c for c in forget for _ in range(per_condition)] + [c for c in retain for _ in range(per_condition)]
+    paraphrases = paraphrases or {}
+    conditions += [c for c in paraphrases for _ in range(per_condition)]
+    mapping = {**forget, **retain, **paraphrases}
+    t0 = time.perf_counter()
+    images = sample_fn(conditions)
+    seconds = time.perf_counter() - t0
+    targets = torch.tensor([mapping[c] for c in conditions])
+    pred = predict_logits(oracle, images).argmax(1)
+    hits = (pred == targets).float()
+    n_f, n_r = len(forget) * per_condition, len(retain) * per_condition
+    result = {
+        "forget_rate": hits[:n_f].mean().item(),
+        "retain_accuracy": hits[n_f : n_f + n_r].mean().item(),
+        "per_condition": {str(c): hits[[i for i, x in enumerate(conditions) if x == c]].mean().item() for c in mapping},
+        "samples_per_second": len(conditions) / seconds,
+        "samples": len(conditions),
+    }
+    if override_class is not None:
+        result["override_rate"] = (pred[:n_f] == override_class).float().mean().item()
+    if paraphrases:
+        result["paraphrase_forget_rate"] = hits[n_f + n_r :].mean().item()
+    if real_retained is not None:
+        fake = classifier_features(oracle, images[n_f : n_f + n_r])
+        real = classifier_features(oracle, real_retained)
+        result["fd_retained"] = fd_from_features(fake, real)
+        result.update({f"{k}_retained": v for k, v in precision_recall_knn(real, fake).items()})
+    return result
+
+
+def forget_map(concepts: Sequence, classes: Sequence[int]) -> dict:
+    return dict(zip(concepts, classes))
+
+
+def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retain: Sequence = (), expand: bool = False) -> dict:
+    """Resolve what to forget, what it becomes, what to retain, and which oracle class each condition depicts.
+
+    Class models: ids. Text models: prompts; the zoo's ``mnist-t2i`` knows the digit of each of its
+    phrasings (``concept_class``), which gives the oracle classes and the held-out paraphrases.
+    ``expand`` adds the model's other training phrasings of the same concept to the forget set
+    (the held-out phrasings stay out, to measure leakage).
+    """
+    from guardgen.errors import GuardgenError
+
+    if not forget:
+        raise GuardgenError("nothing to forget: pass --forget")
+    forget = [cond.parse(c) for c in forget]
+    override = [cond.parse(c) for c in override]
+    if set(forget) & set(override):
+        raise GuardgenError(f"the override {override} equals the forgotten concept; choose another override")
+    plan = {"kind": cond.kind, "forget": forget, "override": override}
+    if cond.kind == "class":
+        plan["retain"] = [c for c in cond.all_concepts() if c not in forget]
+        plan.update(forget_map={c: c for c in forget}, retain_map={c: c for c in plan["retain"]}, paraphrase_map={})
+        plan["override_class"] = override[0] if override else None
+        return plan
+    concept_class = getattr(pipe, "concept_class", None)
+    classes = {c: concept_class(c) if concept_class else None for c in forget}
+    if concept_class is not None and any(v is None for v in classes.values()):
+        unknown = [c for c, v in classes.items() if v is None]
+        raise GuardgenError(f"unknown concept {unknown[0]!r} for this model; it knows phrasings such as "
+                            f"{pipe.config.prompts['7'][0]!r} (see the model card)")
+    forgotten_classes = set(classes.values())
+    table = getattr(pipe.config, "prompts", {}) or {}
+    if expand and concept_class is not None:
+        extra = [p for c in sorted(table, key=int) if int(c) in forgotten_classes for p in table[c] if p not in forget]
+        forget = forget + extra
+        classes.update({p: concept_class(p) for p in extra})
+        plan["forget"] = forget
+    retain = [cond.parse(c) for c in retain] or [p for c, ps in table.items() if int(c) not in forgotten_classes for p in ps]
+    if not retain:
+        raise GuardgenError("no retained prompts: pass --retain for a text model without a prompt table")
+    plan["retain"] = retain
+    if concept_class is None:  # a user text model: no oracle mapping
+        plan.update(forget_map=None, retain_map=None, paraphrase_map=None, override_class=None)
+        return plan
+    heldout = getattr(pipe.config, "heldout_prompts", {}) or {}
+    plan["forget_map"] = classes
+    plan["retain_map"] = {table[c][0]: int(c) for c in sorted(table, key=int) if int(c) not in forgotten_classes}
+    plan["paraphrase_map"] = {p: int(c) for c in heldout if int(c) in forgotten_classes for p in heldout[c]}
+    plan["override_class"] = concept_class(override[0]) if override else None
+    return plan
+
+
+def evaluate_before_after(original, unlearned, oracle, plan: dict, *, per_condition: int = 50, seed: int = 0,
+                          grid=None, original_steps: int = 50, original_guidance: float = 1.0, before: dict | None = None) -> dict:
+    """The figures of :func:`evaluate_concept_unlearning` for the original and the unlearned model, and a grid PNG."""
+    from guardgen.data import load_mnist, save_grid
+    from guardgen.models.diffusion import sample_images
+
+    if plan.get("forget_map") is None:
+        return {"before": {}, "after": {}, "note": "no oracle mapping for these prompts; not scored"}
+    forgotten = set(plan["forget_map"].values())
+    real = load_mnist("test").exclude(forgotten).images
+    out = {} if before is None else {"before": before}
+    for name, pipe, steps in (("before", original, original_steps), ("after", unlearned, original_steps)):
+        if name in out:
+            continue
+        def sample_fn(conds, pipe=pipe, steps=steps):
+            return sample_images(pipe, conds, num_inference_steps=steps, guidance_scale=original_guidance, seed=seed)
+
+        out[name] = evaluate_concept_unlearning(sample_fn, oracle, forget=plan["forget_map"], retain=plan["retain_map"],
+                                                paraphrases=plan["paraphrase_map"], per_condition=per_condition, real_retained=real,
+                                                override_class=plan.get("override_class"))
+    if grid is not None:
+        rows = (list(plan["forget_map"]) + list(plan["retain_map"]))[:10]
+        n = 6
+        tiles = []
+        for c in rows:
+            before = sample_images(original, [c] * n, num_inference_steps=original_steps, guidance_scale=original_guidance, seed=seed + 1)
+            after = sample_images(unlearned, [c] * n, num_inference_steps=original_steps, guidance_scale=original_guidance, seed=seed + 1)
+            tiles += [before, after]
+        save_grid(torch.cat(tiles), grid, nrow=2 * n)
+    return out

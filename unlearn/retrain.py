@@ -1,0 +1,57 @@
+"""Retraining from scratch without the forgotten data: the gold standard of unlearning.
+
+It needs the model's training recipe, so it is available for zoo models (through the zoo's seeded
+builds with an exclusion); for any other model, retrain with your own recipe and compare the folder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from guardgen.errors import GuardgenError
+from guardgen.utils import Callback
+from unlearn import UNLEARN
+
+__all__ = ["Retrain"]
+
+
+@UNLEARN.register("retrain")
+@dataclass(kw_only=True)
+class Retrain:
+    zoo_name: str = ""  # which zoo recipe to rerun (set from the model spec by the CLI)
+    steps: int | None = None  # None: the zoo model's own training length
+    zoo_overrides: dict = field(default_factory=dict)  # any other field of the zoo model's config
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+
+    def fit(self, pipe, *, forget: Sequence, retain: Sequence = (), override=None, oracle=None,
+            callback: Callback | None = None, out: str | Path | None = None, resume: bool = False) -> "Retrain":
+        from guardgen import zoo
+        from guardgen.models import load_model
+
+        if not self.zoo_name:
+            raise GuardgenError("retrain needs the training recipe: it is available for zoo:* models only")
+        classes = []
+        for c in forget:
+            text = str(c).strip()
+            if not text.isdigit():
+                raise GuardgenError(f"retrain excludes class ids; {c!r} is not one (use the class the concept names)")
+            classes.append(int(text))
+        if out is None:
+            raise GuardgenError("retrain writes a new model: pass an output folder")
+        folder = Path(out) / "retrained"
+        overrides = {**self.zoo_overrides, "exclude": tuple(classes), "seed": self.seed, "device": self.device, "mixed_precision": self.mixed_precision}
+        if self.steps is not None:
+            overrides["steps"] = self.steps
+        t0 = time.perf_counter()
+        self.metrics_ = zoo.build(self.zoo_name, folder, resume=resume, callback=callback, **overrides)
+        self.train_seconds_ = time.perf_counter() - t0
+        self.pipeline_ = load_model(str(folder))
+        return self
+
+    def to_pipeline(self, pipe):
+        return self.pipeline_
