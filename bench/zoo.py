@@ -42,7 +42,7 @@ def build_oracle(work: Path, device: str, mixed_precision: str, processes: int) 
     if processes == 1:
         metrics = zoo.build("mnist-oracle", out, device=device, mixed_precision=mixed_precision)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m", "guardgen",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m", "guardgen.cli",
                "zoo", "build", "mnist-oracle", "--out", str(out), "--device", device, "--mixed-precision", mixed_precision]
         subprocess.run(cmd, check=True, capture_output=True)
         metrics = load_json(out / "results.json")

@@ -89,9 +89,10 @@ class GA:
             acc.backward(loss)
             acc.clip_grad_norm_(unet.parameters(), 1.0)
             opt.step()
-            self.history_.append({"step": step, "loss_forget": loss_f.item(), "loss_retain": float(loss_r)})
+            logs = {"loss_forget": loss_f.item(), "loss_retain": loss_r.item()}
+            self.history_.append({"step": step, **logs})
             if callback is not None:
-                callback(step, {"total": self.iterations, "loss_forget": loss_f.item(), "loss_retain": float(loss_r)})
+                callback(step, {"total": self.iterations, **logs})
         self.unet_ = acc.unwrap_model(unet).eval().requires_grad_(False)
         self.train_seconds_ = time.perf_counter() - t0
         return self

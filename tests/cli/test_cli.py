@@ -70,7 +70,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 
 
 def test_console_script_error_has_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "guardgen", "zoo", "show", "zoo:nope"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "guardgen.cli", "zoo", "show", "zoo:nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1

@@ -56,22 +56,8 @@ def test_unet_model_folder_and_condition_model_folder(tmp_path):
     assert type(load_model(str(tmp_path / "c"))).__name__ == "UNet2DConditionModel"
 
 
-def test_tiny_stable_diffusion_pipeline_loads(tmp_path):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    from guardgen.models.text import tiny_clip_text_encoder
-
-    text_encoder, tokenizer = tiny_clip_text_encoder()
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                                norm_num_groups=4, cross_attention_dim=32, attention_head_dim=2,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8,), latent_channels=4, norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), sample_size=8)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(tmp_path / "sd")
-    loaded = load_model(str(tmp_path / "sd"))
+def test_tiny_stable_diffusion_pipeline_loads(tiny_sd_pipeline):
+    loaded = load_model(str(tiny_sd_pipeline))
     assert type(loaded).__name__ == "StableDiffusionPipeline"
     img = loaded("a handwritten digit seven", num_inference_steps=2, height=8, width=8, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images

@@ -1,3 +1,0 @@
-from guardgen.cli import main
-
-main()
