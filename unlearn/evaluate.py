@@ -65,10 +65,6 @@ def evaluate_concept_unlearning(
     return result
 
 
-def forget_map(concepts: Sequence, classes: Sequence[int]) -> dict:
-    return dict(zip(concepts, classes))
-
-
 def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retain: Sequence = (), expand: bool = False) -> dict:
     """Resolve what to forget, what it becomes, what to retain, and which oracle class each condition depicts.
 
@@ -130,11 +126,12 @@ def evaluate_before_after(original, unlearned, oracle, plan: dict, *, per_condit
     forgotten = set(plan["forget_map"].values())
     real = load_mnist("test").exclude(forgotten).images
     out = {} if before is None else {"before": before}
-    for name, pipe, steps in (("before", original, original_steps), ("after", unlearned, original_steps)):
+    for name, pipe in (("before", original), ("after", unlearned)):
         if name in out:
             continue
-        def sample_fn(conds, pipe=pipe, steps=steps):
-            return sample_images(pipe, conds, num_inference_steps=steps, guidance_scale=original_guidance, seed=seed)
+
+        def sample_fn(conds, pipe=pipe):
+            return sample_images(pipe, conds, num_inference_steps=original_steps, guidance_scale=original_guidance, seed=seed)
 
         out[name] = evaluate_concept_unlearning(sample_fn, oracle, forget=plan["forget_map"], retain=plan["retain_map"],
                                                 paraphrases=plan["paraphrase_map"], per_condition=per_condition, real_retained=real,

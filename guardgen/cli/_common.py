@@ -14,7 +14,7 @@ from rich.table import Table
 
 from guardgen.errors import GuardgenError
 
-__all__ = ["console", "err_console", "guarded", "progress_callback", "results_table", "fail"]
+__all__ = ["console", "err_console", "guarded", "parse_sets", "progress_callback", "results_table", "fail"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -72,3 +72,20 @@ def results_table(title: str, rows: list[dict], columns: list[str] | None = None
             cells.append(f"{v:.4g}" if isinstance(v, float) else escape(str(v)))
         table.add_row(*cells)
     return table
+
+
+def parse_sets(values: list[str]) -> dict:
+    """``["KEY=VALUE", ...]`` -> a dict; values are JSON when they parse (numbers, lists), else strings."""
+    import json
+
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise GuardgenError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip().replace("-", "_")] = tuple(value) if isinstance(value, list) else value
+    return out

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, guarded, progress_callback, results_table
+from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
 
 __all__ = ["app"]
 
@@ -30,12 +30,6 @@ def methods() -> None:
         doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip().splitlines()[0]
         rows.append({"method": name, "class": cls.__name__, "description": doc})
     console.print(results_table("unlearning methods", rows))
-
-
-def _parse_sets(values: list[str]) -> dict:
-    from guardgen.cli.zoo import _parse_sets as parse
-
-    return parse(values)
 
 
 @app.command()
@@ -60,6 +54,8 @@ def concept(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
 ) -> None:
     """Unlearn a concept (class or prompt) from a diffusion model; print before/after figures and save a grid."""
+    from rich.markup import escape
+
     from guardgen import __version__
     from guardgen.checkpoint import save_json
     from guardgen.errors import GuardgenError
@@ -77,7 +73,7 @@ def concept(
     cond = conditioning_for(pipe)
     judge = load_model(oracle, kind="classifier") if evaluate or override_mode == "oracle" else None
     plan = concept_plan(pipe, cond, forget=forget, override=override, retain=retain, expand=expand)
-    params = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **_parse_sets(set_)}
+    params = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(set_)}
     if iterations is not None:
         params["iterations" if method != "retrain" else "steps"] = iterations
     if override_mode:
@@ -93,7 +89,7 @@ def concept(
     if unknown:
         raise GuardgenError(f"{method}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(k for k in known if not k.endswith('_')))}")
     runner = cls(**params)
-    console.print(f"unlearning {plan['forget']} from [bold]{escape_(model)}[/] with [bold]{method}[/] -> {out}")
+    console.print(f"unlearning {plan['forget']} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
     keys = ("loss_gen", "loss_fake", "loss", "loss_forget")
     with progress_callback(f"{method}", keys=keys) as callback:
         runner.fit(pipe, forget=plan["forget"], retain=plan["retain"], override=plan["override"], oracle=judge,
@@ -119,8 +115,3 @@ def concept(
     console.print(results_table(f"{method}: forgetting {plan['forget']}", rows))
     console.print(f"grid (rows = conditions; left: before, right: after): {out / 'grid.png'}\nsaved to {out}")
 
-
-def escape_(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

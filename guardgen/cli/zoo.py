@@ -9,27 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, guarded, progress_callback, results_table
+from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
 
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _parse_sets(values: list[str]) -> dict:
-    from guardgen.errors import GuardgenError
-
-    out = {}
-    for item in values:
-        if "=" not in item:
-            raise GuardgenError(f"--set {item!r}: expected KEY=VALUE")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip().replace("-", "_")] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def _parse_classes(text: str) -> tuple[int, ...]:
@@ -84,7 +68,7 @@ def build(
     """Train a zoo model from scratch, seeded and reproducible, into a folder."""
     from guardgen import zoo
 
-    overrides = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **_parse_sets(set_)}
+    overrides = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(set_)}
     if steps is not None:
         overrides["steps"] = steps
     if epochs is not None:

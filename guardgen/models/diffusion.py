@@ -151,7 +151,6 @@ def _check_weights(folder: Path) -> None:
         raise GuardgenError(f"{pickles[0]}: only pickle weights here; guardgen loads safetensors (convert the folder first)")
 
 
-@torch.no_grad()
 def sample_class_conditional(
     pipe,
     class_labels: torch.Tensor,
@@ -161,15 +160,9 @@ def sample_class_conditional(
     seed: int = 0,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Sample (N, C, H, W) images in [0, 1] for (N,) class labels, in batches, reproducibly from ``seed``."""
-    labels = torch.as_tensor(class_labels, dtype=torch.long)
-    out = []
-    for i in range(0, len(labels), batch_size):
-        g = torch.Generator().manual_seed(seed * 7919 + i)
-        res = pipe(labels[i : i + batch_size], num_inference_steps=num_inference_steps,
-                   guidance_scale=guidance_scale, generator=g, output_type="pt")
-        out.append(res.images.float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    """Sample (N, C, H, W) images in [0, 1] for (N,) class labels; see :func:`sample_images`."""
+    return sample_images(pipe, torch.as_tensor(class_labels, dtype=torch.long), num_inference_steps=num_inference_steps,
+                         guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
 
 
 @torch.no_grad()
