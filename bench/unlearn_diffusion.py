@@ -1,7 +1,7 @@
 """Benchmark concept unlearning on the zoo: SFD beside ESD, gradient ascent and retraining, one run, same seeds.
 
     python bench/unlearn_diffusion.py                      # both zoo models, CPU (about an hour on 2 cores)
-    python bench/unlearn_diffusion.py --models ddpm --device cuda --mixed-precision bf16 --sfd-iterations 600 --batch-size 128 --tag h100
+    python bench/unlearn_diffusion.py --models ddpm --device cuda --mixed-precision bf16 --batch-size 128 --tag h100
 
 Part ddpm: zoo:mnist-ddpm, forget class --forget-class (default 7) -> --override-class (default 1).
 Part t2i: zoo:mnist-t2i, forget "a handwritten digit <word>" (and its other training phrasings) ->
@@ -85,11 +85,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["sfd", "esd", "ga", "retrain"])
     parser.add_argument("--forget-class", type=int, default=7)
     parser.add_argument("--override-class", type=int, default=1)
-    parser.add_argument("--sfd-iterations", type=int, default=200)
+    parser.add_argument("--sfd-iterations", type=int, default=None, help="default: SFD's own (350)")
     parser.add_argument("--baseline-iterations", type=int, default=200)
     parser.add_argument("--retrain-steps", type=int, default=None, help="default: the zoo model's own length")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--per-condition", type=int, default=50)
+    parser.add_argument("--per-condition", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mixed-precision", default="no")
