@@ -22,8 +22,8 @@ def test_help_lists_every_group():
 
 
 def test_placeholder_groups_say_what_lands_where():
-    result = invoke("detect", "status")
-    assert result.exit_code == 0 and "issue 4" in result.output
+    result = invoke("audit", "status")
+    assert result.exit_code == 0 and "issue 8" in result.output
 
 
 def test_zoo_list_shows_shipped_models():

@@ -1,0 +1,348 @@
+"""A binary real-vs-generated image detector over any ``timm.create_model`` backbone (CNNSpot / UnivFD style).
+
+Wang et al. (CVPR 2020) train a ResNet-50 on real vs generated images; Ojha et al. (CVPR 2023) train only
+a linear head on frozen features. Both are ``Detector(backbone=..., mode="finetune" | "linear_probe")`` here.
+The backbone ends in one logit (``num_classes=1``): ``p_fake = sigmoid(logit)``, fake when ``p_fake > threshold``.
+
+Preprocessing is data, recorded in ``config.json`` and applied at load (DESIGN "preprocessing as data"):
+channels (gray <-> RGB), resize to ``input_size`` (``resize="bilinear" | "bicubic" | "nearest" | "none"``,
+optional center crop) and mean/std normalisation. Images of another size than the training images are
+resized, with a note (:meth:`Detector.check_input`); with ``resize="none"`` they are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectors import DETECTORS
+from guardgen.errors import GuardgenError
+from guardgen.utils import Callback, make_accelerator
+
+__all__ = ["Detector", "DetectorModule"]
+
+MODES = ("finetune", "linear_probe")
+RESIZES = ("bilinear", "bicubic", "nearest", "none")
+
+
+class DetectorModule(nn.Module):
+    """Preprocessing + backbone as one differentiable module: (B, C, H, W) in [0, 1] -> (B,) fake logits."""
+
+    def __init__(self, net: nn.Module, *, input_size: int, in_chans: int, mean, std, resize: str, crop: str):
+        super().__init__()
+        self.net, self.input_size, self.in_chans, self.resize, self.crop = net, input_size, in_chans, resize, crop
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise GuardgenError(f"images must be (B, C, H, W), got shape {tuple(x.shape)}")
+        c = x.shape[1]
+        if c != self.in_chans:
+            if c == 1 and self.in_chans == 3:
+                x = x.expand(-1, 3, -1, -1)
+            elif c == 3 and self.in_chans == 1:
+                x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            else:
+                raise GuardgenError(f"detector takes {self.in_chans}-channel images, got {c} channels")
+        size = self.input_size
+        if x.shape[-2:] != (size, size):
+            if self.resize == "none":
+                raise GuardgenError(f"detector expects {size}x{size} images (its preprocessing does not resize), "
+                                    f"got {x.shape[-2]}x{x.shape[-1]}; resize the images or retrain with --resize bilinear")
+            if self.crop == "center":  # resize the shorter side, then crop the middle square
+                h, w = x.shape[-2:]
+                s = size / min(h, w)
+                x = _interp(x, (max(size, round(h * s)), max(size, round(w * s))), self.resize)
+                top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+                x = x[..., top:top + size, left:left + size]
+            else:
+                x = _interp(x, (size, size), self.resize)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(x)).reshape(len(x), -1)[:, 0]
+
+
+def _interp(x: torch.Tensor, size, mode: str) -> torch.Tensor:
+    kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(x, size=size, mode=mode, **kwargs)
+
+
+@DETECTORS.register("detector")
+@dataclass(kw_only=True)
+class Detector:
+    """Real (0) vs generated (1) images; ``fit(real, fake)``, ``predict_proba(images) -> (N,) p_fake``."""
+
+    backbone: str = "resnet50"
+    mode: str = "finetune"  # "finetune" | "linear_probe" (frozen backbone, linear head)
+    model_args: dict = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. patch_size, width)
+    pretrained_file: str = ""  # local .safetensors backbone weights (nothing is downloaded)
+    input_size: int = 0  # 0: the training images' size
+    in_chans: int = 0  # 0: the training images' channels
+    resize: str = "bilinear"
+    crop: str = "none"  # "none" | "center"
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    threshold: float = 0.5  # p_fake above it -> fake
+    warm_start: bool = False  # fit() continues from the current weights (used by OMAT)
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+
+    # ------------------------------------------------------------------ build
+
+    def _validate_params(self) -> None:
+        if self.mode not in MODES:
+            raise GuardgenError(f"unknown detector mode {self.mode!r}; use finetune or linear_probe")
+        if self.resize not in RESIZES:
+            raise GuardgenError(f"unknown resize {self.resize!r}; use one of {', '.join(RESIZES)}")
+        if self.crop not in ("none", "center"):
+            raise GuardgenError(f"unknown crop {self.crop!r}; use none or center")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise GuardgenError("epochs >= 0, batch_size >= 1 and lr > 0 are needed")
+
+    def _build(self, images: torch.Tensor) -> None:
+        """Create ``module_`` for images shaped like ``images`` (N, C, H, W)."""
+        self.input_size = int(self.input_size or images.shape[-1])
+        self.in_chans = int(self.in_chans or images.shape[1])
+        if len(self.mean) not in (1, self.in_chans) or len(self.std) not in (1, self.in_chans):
+            raise GuardgenError(f"mean/std need 1 or {self.in_chans} values")
+        mean = tuple(self.mean) * (self.in_chans // len(self.mean)) if len(self.mean) == 1 else tuple(self.mean)
+        std = tuple(self.std) * (self.in_chans // len(self.std)) if len(self.std) == 1 else tuple(self.std)
+        net = _create_backbone(self.backbone, self.model_args, self.input_size, self.in_chans)
+        if self.pretrained_file:
+            _load_backbone_weights(net, self.pretrained_file)
+        self.module_ = DetectorModule(net, input_size=self.input_size, in_chans=self.in_chans, mean=mean, std=std,
+                                      resize=self.resize, crop=self.crop)
+
+    # ------------------------------------------------------------------ train
+
+    def fit(self, real: torch.Tensor, fake: torch.Tensor, *, callback: Callback | None = None) -> "Detector":
+        """Train on real (N_r, C, H, W) and fake (N_f, C, H, W) images in [0, 1]; returns self.
+
+        Classes are balanced by weighting the fake term by N_r / N_f. ``train_images_per_second_`` is the
+        training throughput.
+        """
+        self._validate_params()
+        real, fake = _as_images(real, "real"), _as_images(fake, "fake")
+        if real.shape[1:] != fake.shape[1:]:
+            raise GuardgenError(f"real images {tuple(real.shape[1:])} and fake images {tuple(fake.shape[1:])} differ in shape; "
+                                "load both at one resolution")
+        if not (self.warm_start and hasattr(self, "module_")):
+            torch.manual_seed(self.seed)
+            self._build(real)
+            self.history_ = []
+            self.source_size_ = [int(real.shape[-2]), int(real.shape[-1])]
+        self.check_input(real)
+        x = torch.cat([real, fake])
+        y = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
+        pos_weight = torch.tensor(len(real) / len(fake))
+
+        try:
+            acc = make_accelerator(self.device, self.mixed_precision)
+        except ValueError as err:  # accelerate fixes device and precision once per process
+            raise GuardgenError(f"cannot train with device={self.device!r}, mixed_precision={self.mixed_precision!r} here: "
+                                f"{str(err).splitlines()[0][:120]}; use one setting per process") from None
+        module = self.module_
+        linear = self.mode == "linear_probe"
+        if linear:
+            module.requires_grad_(False)
+            head = module.net.get_classifier()
+            head.requires_grad_(True)
+            params = list(head.parameters())
+        else:
+            module.requires_grad_(True)
+            params = list(module.parameters())
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        module, opt = acc.prepare(module, opt)
+        raw = acc.unwrap_model(module)
+        if linear:  # frozen features computed once (eval mode: no dropout, BN running stats)
+            raw.eval()
+            with torch.no_grad(), acc.autocast():
+                feats = torch.cat([raw.net.forward_head(raw.net.forward_features(raw.preprocess(x[i:i + 256].to(acc.device))),
+                                                        pre_logits=True).float() for i in range(0, len(x), 256)])
+            head = raw.net.get_classifier()
+
+        g = torch.Generator().manual_seed(self.seed + 17 * len(self.history_))
+        steps_per_epoch = max(1, -(-len(x) // self.batch_size))
+        total = self.epochs * steps_per_epoch
+        seen, t0, step = 0, time.perf_counter(), 0
+        for epoch in range(self.epochs):
+            perm = torch.randperm(len(x), generator=g)
+            if not linear:
+                module.train()
+            for i in range(0, len(x), self.batch_size):
+                idx = perm[i:i + self.batch_size]
+                yb = y[idx].to(acc.device)
+                with acc.autocast():
+                    logits = head(feats[idx]).reshape(-1) if linear else module(x[idx].to(acc.device))
+                loss = F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight.to(acc.device))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"detector loss is not finite at epoch {epoch + 1}; lower lr")
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                seen += len(idx)
+                step += 1
+                logs = {"epoch": epoch + 1, "loss": loss.item()}
+                self.history_.append({"step": len(self.history_) + 1, **logs})
+                if callback is not None:
+                    callback(step, {"total": total, **logs})
+        seconds = time.perf_counter() - t0
+        self.module_ = acc.unwrap_model(module).eval().requires_grad_(False).cpu()
+        self.train_seconds_ = seconds
+        self.train_images_per_second_ = seen / seconds if seconds > 0 else float("nan")
+        self.device_ = str(acc.device)
+        return self
+
+    # ------------------------------------------------------------------ predict
+
+    def check_input(self, images: torch.Tensor) -> list[str]:
+        """Notes on how ``images`` (N, C, H, W) will be adapted (resized, channels); raises if it cannot be."""
+        self._fitted()
+        images = _as_images(images, "input")
+        notes = []
+        h, w = images.shape[-2:]
+        if (h, w) != (self.input_size, self.input_size):
+            if self.resize == "none":
+                raise GuardgenError(f"detector expects {self.input_size}x{self.input_size} images (its preprocessing does not "
+                                    f"resize), got {h}x{w}; resize the images or retrain with --resize bilinear")
+            notes.append(f"images are {h}x{w}; resized ({self.resize}) to the detector's {self.input_size}x{self.input_size}")
+        src = getattr(self, "source_size_", None)
+        if src and [h, w] != list(src):
+            notes.append(f"detector was trained on {src[0]}x{src[1]} images, these are {h}x{w}: scores may not transfer")
+        c = images.shape[1]
+        if c != self.in_chans:
+            if {c, self.in_chans} != {1, 3}:
+                raise GuardgenError(f"detector takes {self.in_chans}-channel images, got {c} channels")
+            notes.append(f"{c}-channel images converted to {self.in_chans} channel(s)")
+        return notes
+
+    @torch.no_grad()
+    def decision_function(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """(N,) fake logits for (N, C, H, W) images in [0, 1]."""
+        self._fitted()
+        images = _as_images(images, "input")
+        self.check_input(images)
+        module = self.module_.eval()
+        device = next(module.parameters()).device
+        out = [module(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+        return torch.cat(out)
+
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """(N,) probability that each image is generated."""
+        return torch.sigmoid(self.decision_function(images, batch_size))
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,) 1 = generated, 0 = real, at ``threshold``."""
+        return (self.predict_proba(images) > self.threshold).long()
+
+    def as_module(self) -> DetectorModule:
+        """The differentiable detector (preprocessing included): (B, C, H, W) in [0, 1] -> (B,) logits."""
+        self._fitted()
+        return self.module_
+
+    def _fitted(self) -> None:
+        if not hasattr(self, "module_"):
+            raise GuardgenError("this detector is not trained yet; call fit() or load one with from_pretrained()")
+
+    # ------------------------------------------------------------------ save / load
+
+    def preprocessing(self) -> dict:
+        m = self.module_
+        return {"input_size": self.input_size, "in_chans": self.in_chans, "resize": self.resize, "crop": self.crop,
+                "mean": m.mean.flatten().tolist(), "std": m.std.flatten().tolist(),
+                "source_size": getattr(self, "source_size_", None), "range": "[0, 1] float images"}
+
+    def save_pretrained(self, folder: str | Path, extra: dict | None = None) -> Path:
+        """``config.json`` (hyperparameters, preprocessing, fitted figures) + ``model.safetensors``, atomically."""
+        from guardgen import __version__
+        from guardgen.checkpoint import save_checkpoint
+
+        self._fitted()
+        config = {"_class": type(self).__name__, "_guardgen_version": __version__, "detector": asdict(self),
+                  "preprocessing": self.preprocessing(),
+                  "fitted": {"train_images_per_second": getattr(self, "train_images_per_second_", None),
+                             "train_seconds": getattr(self, "train_seconds_", None)},
+                  **(extra or {})}
+        state = {k: v for k, v in self.module_.net.state_dict().items()}
+        return save_checkpoint(folder, config, {"model": state})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, device: str = "cpu") -> "Detector":
+        from guardgen.checkpoint import load_checkpoint, load_json
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise GuardgenError(f"{folder}: not a detector folder (no config.json); train one with `guardgen detect train`")
+        config = load_json(folder / "config.json")
+        if not isinstance(config, dict) or "detector" not in config or "preprocessing" not in config:
+            raise GuardgenError(f"{folder}: config.json is not a guardgen detector's")
+        _, weights = load_checkpoint(folder)
+        if "model" not in weights:
+            raise GuardgenError(f"{folder}: no model.safetensors beside config.json")
+        params = dict(config["detector"])
+        params["mean"], params["std"] = tuple(params["mean"]), tuple(params["std"])
+        known = set(cls.__dataclass_fields__)
+        det = cls(**{k: v for k, v in params.items() if k in known})
+        det.pretrained_file = ""
+        pre = config["preprocessing"]
+        det.input_size, det.in_chans = int(pre["input_size"]), int(pre["in_chans"])
+        det.mean, det.std = tuple(pre["mean"]), tuple(pre["std"])
+        det._build(torch.zeros(1, det.in_chans, det.input_size, det.input_size))
+        try:
+            det.module_.net.load_state_dict(weights["model"])
+        except RuntimeError as err:
+            raise GuardgenError(f"{folder}/model.safetensors does not fit {det.backbone} ({str(err).splitlines()[0]})") from None
+        det.module_.eval().requires_grad_(False).to(device)
+        det.source_size_ = pre.get("source_size")
+        det.history_ = []
+        fitted = config.get("fitted") or {}
+        det.train_images_per_second_ = fitted.get("train_images_per_second")
+        det.train_seconds_ = fitted.get("train_seconds")
+        det.config_ = config
+        return det
+
+    def clone(self) -> "Detector":
+        """A deep copy (weights included)."""
+        return copy.deepcopy(self)
+
+
+def _as_images(images, what: str) -> torch.Tensor:
+    images = torch.as_tensor(images).float()
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise GuardgenError(f"{what}: expected a non-empty (N, C, H, W) image batch, got shape {tuple(images.shape)}")
+    return images
+
+
+def _create_backbone(name: str, model_args: dict, input_size: int, in_chans: int) -> nn.Module:
+    from guardgen.models.classifier import create_classifier
+
+    args = {"num_classes": 1, "in_chans": in_chans, **(model_args or {})}
+    try:
+        return create_classifier(name, img_size=input_size, **args)  # ViTs and other fixed-size models
+    except TypeError:
+        return create_classifier(name, **args)
+
+
+def _load_backbone_weights(net: nn.Module, path: str) -> None:
+    """Load local backbone weights (e.g. an ImageNet ResNet-50 converted to safetensors); the head is left fresh."""
+    from guardgen.checkpoint import load_state_dict
+
+    state = load_state_dict(path)
+    own = net.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise GuardgenError(f"{path}: no tensor fits backbone {type(net).__name__}; wrong weight file?")
+    net.load_state_dict(fits, strict=False)

@@ -1,0 +1,105 @@
+"""Detector: learns a planted signal, both modes, timm backbones, save/load with preprocessing."""
+
+import pytest
+import torch
+
+from detectors import DETECTORS
+from detectors.detector import Detector
+from guardgen.errors import GuardgenError
+
+
+def planted(n, seed, size=16):
+    """Reals: noise in [0, 0.5]; fakes: the same plus a bright 4x4 patch (a separable artifact)."""
+    g = torch.Generator().manual_seed(seed)
+    real = torch.rand(n, 1, size, size, generator=g) * 0.5
+    fake = torch.rand(n, 1, size, size, generator=g) * 0.5
+    fake[:, :, 4:8, 4:8] += 0.5
+    return real, fake
+
+
+def tiny(**kw):
+    return Detector(**{"backbone": "guardgen_digitnet", "model_args": {"width": 8}, "epochs": 6, "batch_size": 16,
+                       "lr": 3e-3, "device": "cpu", **kw})
+
+
+def test_registered():
+    assert DETECTORS.get("detector") is Detector
+
+
+def test_detector_learns_a_planted_artifact():
+    real, fake = planted(64, 0)
+    det = tiny().fit(real, fake)
+    assert det.train_images_per_second_ > 0
+    real_t, fake_t = planted(64, 1)
+    acc = ((det.predict_proba(real_t) < 0.5).float().mean() + (det.predict_proba(fake_t) > 0.5).float().mean()) / 2
+    assert acc > 0.9
+    untrained = tiny(epochs=0).fit(real, fake)
+    acc0 = ((untrained.predict_proba(real_t) < 0.5).float().mean() + (untrained.predict_proba(fake_t) > 0.5).float().mean()) / 2
+    assert acc0 < 0.75
+
+
+def test_linear_probe_trains_only_the_head():
+    real, fake = planted(64, 0)
+    det = tiny(epochs=0).fit(real, fake)
+    before = {k: v.clone() for k, v in det.module_.net.state_dict().items()}
+    det2 = tiny(mode="linear_probe", epochs=30, lr=3e-2).fit(real, fake)
+    after = det2.module_.net.state_dict()
+    head = {"head.weight", "head.bias"}
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in head and "num_batches" not in k)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    real_t, fake_t = planted(64, 1)
+    from guardgen.metrics.detection import auroc
+
+    y = torch.cat([torch.zeros(64), torch.ones(64)])
+    assert auroc(y, torch.cat([det2.predict_proba(real_t), det2.predict_proba(fake_t)])) > 0.8
+
+
+@pytest.mark.parametrize("backbone,args", [
+    ("resnet18", {}),
+    ("vit_tiny_patch16_224", {"patch_size": 4, "depth": 1}),
+])
+def test_timm_backbones_round_trip(tmp_path, backbone, args):
+    real, fake = planted(8, 0)
+    det = Detector(backbone=backbone, model_args=args, epochs=1, batch_size=8, device="cpu").fit(real, fake)
+    det.save_pretrained(tmp_path / "d")
+    back = Detector.from_pretrained(tmp_path / "d")
+    x = torch.cat([real, fake])
+    assert torch.allclose(det.predict_proba(x), back.predict_proba(x), atol=1e-6)
+
+
+def test_save_load_keeps_probabilities_and_preprocessing(tmp_path):
+    real, fake = planted(32, 0)
+    det = tiny(epochs=1, mean=(0.25,), std=(0.4,)).fit(real, fake)
+    det.save_pretrained(tmp_path / "d")
+    back = Detector.from_pretrained(tmp_path / "d")
+    x = torch.cat([real, fake])
+    assert torch.equal(det.predict_proba(x), back.predict_proba(x))
+    assert back.config_["preprocessing"]["mean"] == [0.25] and back.config_["preprocessing"]["input_size"] == 16
+    assert torch.allclose(back.module_.mean.flatten(), torch.tensor([0.25]))
+    # other sizes / channels are adapted the way the config says (bilinear resize, gray conversion), with notes
+    big = torch.nn.functional.interpolate(x, size=(32, 32), mode="nearest")
+    notes = back.check_input(big.expand(-1, 3, -1, -1))
+    assert any("resized" in n for n in notes) and any("channel" in n for n in notes)
+    expected = det.predict_proba(torch.nn.functional.interpolate(big, size=(16, 16), mode="bilinear", antialias=True,
+                                                                 align_corners=False))
+    assert torch.allclose(back.predict_proba(big), expected, atol=1e-5)
+
+
+def test_resize_none_refuses_other_sizes(tmp_path):
+    real, fake = planted(16, 0)
+    tiny(epochs=1, resize="none").fit(real, fake).save_pretrained(tmp_path / "d")
+    back = Detector.from_pretrained(tmp_path / "d")
+    with pytest.raises(GuardgenError, match="expects 16x16"):
+        back.predict_proba(torch.rand(2, 1, 28, 28))
+
+
+def test_bad_inputs():
+    real, fake = planted(8, 0)
+    with pytest.raises(GuardgenError, match="non-empty"):
+        tiny().fit(real, fake[:0])
+    with pytest.raises(GuardgenError, match="mode"):
+        tiny(mode="lora").fit(real, fake)
+    with pytest.raises(GuardgenError, match="not trained"):
+        tiny().predict_proba(real)
+    with pytest.raises(GuardgenError, match="not a detector folder"):
+        Detector.from_pretrained("/nonexistent-folder")
