@@ -6,6 +6,7 @@ from guardgen.metrics.detection import auroc, average_precision, bootstrap_ci, t
 from guardgen.metrics.fd import (coverage_density, fd_from_features, fd_score, feature_statistics, frechet_distance,
                                  precision_recall_knn)
 from guardgen.metrics.membership import mia_auc
+from guardgen.metrics.unlearning import gap_to_retrain, mia_efficacy, unlearning_report
 
 __all__ = [
     "accuracy", "class_rates", "conditional_accuracy", "forget_rate",
@@ -13,4 +14,5 @@ __all__ = [
     "auroc", "average_precision", "bootstrap_ci", "threshold_at_fpr", "tpr_at_fpr",
     "coverage_density", "fd_from_features", "fd_score", "feature_statistics", "frechet_distance", "precision_recall_knn",
     "mia_auc",
+    "gap_to_retrain", "mia_efficacy", "unlearning_report",
 ]

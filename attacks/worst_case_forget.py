@@ -1,0 +1,260 @@
+"""Worst-case forget sets. Fan, Liu, Hero and Liu, "Challenging Forgets: Unveiling the Worst-Case Forget
+Sets in Machine Unlearning", ECCV 2024.
+
+Which m training samples (or classes) are hardest to unlearn? Relax the forget-set indicator to weights
+w on the capped simplex {0 <= w <= 1, sum w = m} and solve the bi-level problem
+    min_w  sum_i w_i l_i(theta_u(w)) + gamma ||w||^2,   theta_u(w) = unlearning with per-sample forget weights w,
+by alternating: reset theta to the original model, take ``inner_steps`` sign-SGD steps on the method's
+weighted loss (lower level), then one projected gradient step on w with the per-sample losses l_i as the
+gradient (the implicit term through theta_u is dropped, as in the paper), and harden to the top m at the end
+(and every ``harden_every`` iterations). ``reverse=True`` ascends instead: the easiest set to forget.
+
+The unlearning method is passed in (``attacks`` never imports ``unlearn``):
+- classifiers: an object with ``per_sample_loss(logits, labels, w, generator)`` (guardgen's ``ft``, ``rl``,
+  ``ga_classifier``, ``l1_sparse``, ``salun``; optional ``penalty(model, progress)`` and
+  ``lower_level_mask(model, images, labels, w)``), or such a function;
+- diffusion models (:meth:`WorstCaseForget.fit_diffusion`, class-wise): an object with
+  ``per_sample_denoising_loss(mse, w)`` or a function ``(mse, w) -> per-sample loss``, e.g. gradient ascent
+  ``-w * mse + (1 - w) * mse``; the upper-level signal is each class's denoising loss after unlearning.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks import ATTACKS
+from guardgen.errors import GuardgenError
+from guardgen.utils import Callback, make_accelerator
+
+__all__ = ["WorstCaseForget", "project_capped_simplex"]
+
+
+def project_capped_simplex(a, m: float, iterations: int = 100) -> torch.Tensor:
+    """Euclidean projection of ``a`` onto {w : 0 <= w <= 1, sum w = m}: w = clip(a - mu, 0, 1), mu by bisection."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    if not 0 <= m <= len(a):
+        raise GuardgenError(f"the capped simplex needs 0 <= m <= {len(a)}, got m={m}")
+    lo, hi = float(a.min()) - 1.0, float(a.max())  # sum(clip(a - lo)) = n >= m >= 0 = sum(clip(a - hi))
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if float((a - mid).clamp(0, 1).sum()) > m:
+            lo = mid
+        else:
+            hi = mid
+    return (a - 0.5 * (lo + hi)).clamp(0, 1)
+
+
+def _top(weights: torch.Tensor, losses: torch.Tensor, m: int, reverse: bool) -> torch.Tensor:
+    """The m largest weights; ties (e.g. weights clipped at 1) go to the lower loss (higher when reversed)."""
+    tie = losses.double() if not reverse else -losses.double()
+    order = np.lexsort((tie.numpy(), -weights.double().numpy()))
+    return torch.as_tensor(np.sort(order[:m]), dtype=torch.long)
+
+
+def _form(method, attribute: str):
+    if callable(getattr(method, attribute, None)):
+        return getattr(method, attribute)
+    if callable(method):
+        return method
+    raise GuardgenError(f"the unlearning method must define {attribute}(...) or be a function; got {type(method).__name__}")
+
+
+@ATTACKS.register("worst_case_forget")
+@dataclass(kw_only=True)
+class WorstCaseForget:
+    size: int  # m: samples (mode "data") or classes (mode "class") in the forget set
+    mode: str = "data"  # "data" | "class"
+    reverse: bool = False  # True: the easiest set to forget
+    iterations: int = 10  # upper-level steps
+    inner_steps: int = 5  # lower-level sign-SGD steps per upper step, from the original model each time
+    theta_lr: float = 1e-3
+    w_lr: float = 0.01
+    gamma: float = 0.0
+    harden_every: int = 0  # also harden w to the top m every k iterations (0: only at the end)
+    batch_size: int = 256
+    eval_per_class: int = 32  # diffusion: images per class for the upper-level denoising loss
+    upper_signal: str = "loss"  # diffusion: "loss" (the paper's) or "ratio" (loss after / before the lower level)
+    seed: int = 0
+    device: str = "auto"
+    history_: list = field(default_factory=list, init=False, repr=False)
+
+    def check_size(self, n: int, what: str) -> None:
+        """One-line error unless the mode is known and 1 <= size < n (``n`` samples or classes)."""
+        if self.mode not in ("data", "class"):
+            raise GuardgenError(f"worst-case forget mode must be 'data' or 'class', not {self.mode!r}")
+        if not 1 <= self.size < n:
+            raise GuardgenError(f"forget-set size {self.size} must be between 1 and {n - 1}: the data has {n} {what}")
+        if self.iterations < 1 or self.inner_steps < 0:
+            raise GuardgenError("worst-case forget needs iterations >= 1 and inner_steps >= 0")
+
+    def _upper_step(self, w: torch.Tensor, losses: torch.Tensor, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        grad = losses.double() + 2 * self.gamma * w
+        w = project_capped_simplex(w + self.w_lr * grad if self.reverse else w - self.w_lr * grad, self.size)
+        top = _top(w, losses, self.size, self.reverse)
+        if self.harden_every and it % self.harden_every == 0 and it < self.iterations:
+            w = torch.zeros_like(w)
+            w[top] = 1.0
+        return w, top
+
+    def _log(self, it: int, w: torch.Tensor, losses: torch.Tensor, top: torch.Tensor, callback, extra=None) -> None:
+        logs = {"objective": float((w * losses.double()).sum()), "selected_loss": float(losses[top].mean()),
+                "mean_loss": float(losses.mean()), **(extra or {})}
+        self.history_.append({"iteration": it, **logs})
+        if callback is not None:
+            callback(it, {"total": self.iterations, **logs})
+
+    # -- classifiers ------------------------------------------------------------------------------
+    def fit(self, model: nn.Module, data, *, method, callback: Callback | None = None) -> "WorstCaseForget":
+        """Search the worst-case forget set of ``data = (images, labels)`` (the model's training data).
+
+        Sets ``indices_`` (selected sample indices, or class ids in class mode), ``sample_indices_``,
+        ``weights_`` (the relaxed w before hardening), ``losses_`` (per-sample losses after the last lower level).
+        """
+        if hasattr(data, "images"):
+            data = (data.images, data.labels)
+        x, y = torch.as_tensor(data[0]).float(), torch.as_tensor(data[1]).long()
+        classes = torch.unique(y)
+        self.check_size(len(y) if self.mode == "data" else len(classes), "samples" if self.mode == "data" else "classes")
+        loss_form = _form(method, "per_sample_loss")
+        penalty = getattr(method, "penalty", None)
+        masker = getattr(method, "lower_level_mask", None)
+        acc = make_accelerator(self.device)
+        g = torch.Generator().manual_seed(self.seed)
+        t0 = time.perf_counter()
+        original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        net = copy.deepcopy(model).to(acc.device)
+        class_of = torch.searchsorted(classes, y)  # class mode: sample -> position of its class in w
+        n_w = len(y) if self.mode == "data" else len(classes)
+        w = torch.full((n_w,), self.size / n_w, dtype=torch.float64)
+        self.history_ = []
+        for it in range(1, self.iterations + 1):
+            sample_w = (w if self.mode == "data" else w[class_of]).float()
+            net.load_state_dict(original)
+            mi = torch.randperm(len(y), generator=g)[: 4 * self.batch_size]  # the mask from a subsample (cheap)
+            mask = masker(net, x[mi], y[mi], sample_w[mi]) if callable(masker) else None
+            params = dict(net.named_parameters())
+            net.train()
+            for k in range(self.inner_steps):  # lower level: sign-SGD on the method's weighted loss
+                idx = torch.randperm(len(y), generator=g)[: self.batch_size]
+                xb, yb, wb = x[idx].to(acc.device), y[idx].to(acc.device), sample_w[idx].to(acc.device)
+                loss = loss_form(net(xb).float(), yb, wb, g).mean()
+                if callable(penalty):
+                    loss = loss + penalty(net, k / max(self.inner_steps, 1))
+                grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                with torch.no_grad():
+                    for (name, p), gr in zip(params.items(), grads):
+                        if gr is not None:
+                            step = gr.sign() if mask is None or name not in mask else gr.sign() * mask[name]
+                            p.sub_(self.theta_lr * step)
+            losses = _per_sample_ce(net, x, y, self.batch_size)  # upper level: l_i(theta_u(w))
+            if self.mode == "class":
+                losses = torch.zeros(n_w, dtype=torch.float64).index_add_(0, class_of, losses.double()) / torch.bincount(class_of, minlength=n_w)
+            w_before = w
+            w, top = self._upper_step(w, losses, it)
+            self._log(it, w_before, losses, top, callback)
+        self.weights_ = w.float()
+        self.losses_ = losses.float()
+        self.indices_ = top if self.mode == "data" else classes[top]
+        self.sample_indices_ = top if self.mode == "data" else torch.nonzero(torch.isin(y, classes[top])).flatten()
+        self.search_seconds_ = time.perf_counter() - t0
+        return self
+
+    # -- diffusion models (class- or prompt-wise) --------------------------------------------------
+    def fit_diffusion(self, pipe, data, *, method, callback: Callback | None = None) -> "WorstCaseForget":
+        """Class-wise worst-case selection for a class- or text-conditional diffusion pipeline.
+
+        ``data = (images in [0, 1], conditions)``: conditions are class ids or prompts (one per image); the
+        selection is over the distinct conditions. The lower level takes sign-SGD steps on
+        ``method``'s per-sample form of the denoising losses with per-condition weights; the upper level
+        uses each condition's denoising loss (fixed timesteps and noise) after those steps, or with
+        ``upper_signal="ratio"`` that loss divided by the original model's (a guardgen variant: the raw loss
+        mostly ranks how hard a class is to denoise at all, e.g. the simple digit 1 lowest).
+        Sets ``indices_`` (the selected conditions), ``weights_``, ``losses_`` (per condition) and ``conditions_``.
+        """
+        from guardgen.models.conditioning import conditioning_for
+
+        if self.mode != "class":
+            raise GuardgenError("the diffusion version selects whole classes or prompts: use mode='class'")
+        x0 = torch.as_tensor(data[0]).float() * 2 - 1
+        conds = list(data[1].tolist() if isinstance(data[1], torch.Tensor) else data[1])
+        if len(conds) != len(x0):
+            raise GuardgenError(f"{len(x0)} images but {len(conds)} conditions")
+        names = sorted(set(conds), key=lambda c: (str(type(c)), c))
+        self.check_size(len(names), "conditions")
+        of = torch.tensor([names.index(c) for c in conds])
+        form = _form(method, "per_sample_denoising_loss")
+        cond = conditioning_for(pipe)
+        acc = make_accelerator(self.device)
+        g = torch.Generator().manual_seed(self.seed)
+        t0 = time.perf_counter()
+        unet = copy.deepcopy(pipe.unet).to(acc.device)
+        original = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+        abar = pipe.scheduler.alphas_cumprod.to(acc.device, torch.float32)
+        # the upper level's fixed evaluation set: eval_per_class images of each condition, fixed t and noise
+        ge = torch.Generator().manual_seed(self.seed + 1)
+        ev = torch.cat([torch.nonzero(of == c).flatten()[torch.randperm(int((of == c).sum()), generator=ge)[: self.eval_per_class]]
+                        for c in range(len(names))])
+        ev_t = torch.randint(0, len(abar), (len(ev),), generator=ge)
+        ev_eps = torch.randn(x0[ev].shape, generator=ge)
+
+        def mse(net, idx, t, eps):
+            a = abar[t.to(acc.device)].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x0[idx].to(acc.device) + (1 - a).sqrt() * eps.to(acc.device)
+            pred = net(x_t, t.to(acc.device), **cond.embed([conds[i] for i in idx.tolist()], acc.device)).sample
+            return (pred.float() - eps.to(acc.device)).pow(2).flatten(1).mean(1)
+
+        def condition_losses():
+            unet.eval()
+            with torch.no_grad():
+                per = torch.cat([mse(unet, ev[i : i + self.batch_size], ev_t[i : i + self.batch_size], ev_eps[i : i + self.batch_size])
+                                 for i in range(0, len(ev), self.batch_size)]).cpu()
+            return torch.zeros(len(names), dtype=torch.float64).index_add_(0, of[ev], per.double()) / torch.bincount(of[ev], minlength=len(names))
+
+        if self.upper_signal not in ("loss", "ratio"):
+            raise GuardgenError(f"upper_signal must be 'loss' or 'ratio', not {self.upper_signal!r}")
+        base = condition_losses() if self.upper_signal == "ratio" else None
+        w = torch.full((len(names),), self.size / len(names), dtype=torch.float64)
+        params = [p for p in unet.parameters() if p.requires_grad]
+        self.history_ = []
+        for it in range(1, self.iterations + 1):
+            unet.load_state_dict(original)
+            unet.train()
+            for _ in range(self.inner_steps):
+                idx = torch.randperm(len(x0), generator=g)[: self.batch_size]
+                t = torch.randint(0, len(abar), (len(idx),), generator=g)
+                eps = torch.randn(x0[idx].shape, generator=g)
+                loss = form(mse(unet, idx, t, eps), w[of[idx]].float().to(acc.device)).mean()
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                with torch.no_grad():
+                    for p, gr in zip(params, grads):
+                        if gr is not None:
+                            p.sub_(self.theta_lr * gr.sign())
+            losses = condition_losses()
+            if base is not None:  # how much unlearning raised each condition's loss, not how hard it is to denoise
+                losses = losses / base.clamp_min(1e-12)
+            w_before = w
+            w, top = self._upper_step(w, losses, it)
+            self._log(it, w_before, losses, top, callback)
+        self.conditions_ = names
+        self.weights_ = w.float()
+        self.losses_ = losses.float()
+        self.indices_ = [names[i] for i in top.tolist()]
+        self.search_seconds_ = time.perf_counter() - t0
+        return self
+
+
+@torch.no_grad()
+def _per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    model.eval()
+    bs = max(batch_size, 512)
+    out = [F.cross_entropy(model(x[i : i + bs].to(device)).float(), y[i : i + bs].to(device), reduction="none").cpu()
+           for i in range(0, len(y), bs)]
+    return torch.cat(out)

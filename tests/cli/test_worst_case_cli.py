@@ -1,0 +1,89 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from guardgen.cli import app
+
+runner = CliRunner()
+QUICK = ("--max-samples", 200, "--device", "cpu")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_worst_case_forget_end_to_end_then_evaluate(tmp_path):
+    out = tmp_path / "wc"
+    result = invoke("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--data", "mnist", "--size", 20,
+                    "--method", "ga_classifier", "--iterations", 2, "--inner-steps", 1, "--epochs", 1, "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "indices.json").read_text())
+    assert len(record["indices"]) == 20 == len(set(record["indices"])) and all(0 <= i < 200 for i in record["indices"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"ua", "mia_efficacy", "ra", "ta"} <= set(metrics["evaluation"]) and len(metrics["history"]) == 2
+    assert (out / "gallery.png").is_file() and "worst-case forget set" in result.output
+
+    result = invoke("unlearn", "evaluate", "--model", "zoo:mnist-oracle", "--method", "ft", "--forget-set", out / "indices.json",
+                    "--epochs", 1, "--retrain-epochs", 1, "--out", tmp_path / "ev", *QUICK)
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert res["forget_size"] == 20 and 0 <= res["gap_to_retrain"] <= 1
+    assert "gap to retrain" in result.output and "MIA-efficacy" in result.output
+
+
+def test_class_mode_and_no_retrain(tmp_path):
+    out = tmp_path / "cls"
+    result = invoke("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 1, "--mode", "class", "--reverse",
+                    "--iterations", 1, "--inner-steps", 1, "--no-evaluate", "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "indices.json").read_text())
+    assert len(record["indices"]) == 1 and len(record["sample_indices"]) > 1
+    result = invoke("unlearn", "evaluate", "--model", "zoo:mnist-oracle", "--method", "ga_classifier", "--forget-set", out / "indices.json",
+                    "--epochs", 1, "--no-retrain", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert "UA" in result.output and "gap to retrain" not in result.output
+
+
+def test_methods_lists_the_classifier_methods():
+    result = invoke("unlearn", "methods")
+    assert result.exit_code == 0
+    for name in ("ft", "ga_classifier", "rl", "l1_sparse", "salun", "retrain_classifier", "sfd"):
+        assert name in result.output
+
+
+def one_line(result):
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    return result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--size", 5000), "between 1 and 199"),
+    (("--size", 5, "--method", "nope"), "unknown classifier unlearning method 'nope'; choose one of: ft, ga_classifier, l1_sparse"),
+    (("--size", 5, "--method", "esd"), "unknown classifier unlearning method 'esd'"),
+    (("--size", 5, "--data", "cifar"), "unknown data 'cifar'"),
+    (("--size", 5, "--set", "bogus=1"), "unknown setting(s) bogus"),
+])
+def test_attack_bad_input(tmp_path, args, message):
+    result = invoke("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", *args, "--out", tmp_path / "r", *QUICK)
+    assert one_line(result) and message in result.output.replace("\n", " "), result.output
+
+
+@pytest.mark.parametrize("content,message", [
+    ([1, 2, 500], "index 500 is out of range"),
+    ([1, 2, 2], "index 2 appears more than once"),
+    ({"other": 1}, "expected a non-empty JSON list"),
+    ([], "expected a non-empty JSON list"),
+])
+def test_evaluate_bad_index_files(tmp_path, content, message):
+    path = tmp_path / "idx.json"
+    path.write_text(json.dumps(content))
+    result = invoke("unlearn", "evaluate", "--model", "zoo:mnist-oracle", "--method", "ft", "--forget-set", path, *QUICK)
+    assert one_line(result) and message in result.output.replace("\n", " "), result.output
+
+
+def test_evaluate_unknown_method_and_missing_file(tmp_path):
+    result = invoke("unlearn", "evaluate", "--model", "zoo:mnist-oracle", "--method", "sfd", "--forget-set", tmp_path / "x.json", *QUICK)
+    assert one_line(result) and "choose one of: ft" in result.output
+    result = invoke("unlearn", "evaluate", "--model", "zoo:mnist-oracle", "--method", "ft", "--forget-set", tmp_path / "x.json", *QUICK)
+    assert one_line(result) and "no such file" in result.output
