@@ -1,0 +1,622 @@
+"""Open-world GAN discovery and attribution (Girish, Suri, Rambhatla and Shrivastava, ICCV 2021).
+
+Closed-set attribution of images to known sources (real data and generators), then the paper's
+iterative discovery on a pool of unlabelled images. Each round:
+
+1. **network**: a CNN (or a timm backbone) with an MLP embedding is trained on the seen sources plus the
+   clusters discovered so far (class-weighted cross-entropy, warm-started after the first round);
+2. **OOD**: every pool image is attributed to its predicted class only if an OOD scorer accepts it for
+   that class; the rest are *undiscovered*. Scorers: the paper's winner-take-all (WTA) hash (standardised
+   embeddings, ``P`` random permutations, one-hot argmax of the first ``K`` permuted coordinates;
+   distance ``P - <h_a, h_b>``; an image is in-distribution for class c when its mean distance to c's
+   reference codes is below the ``wta_quantile`` quantile of c's pairwise distances), and beside it
+   maximum softmax probability (``msp``) and ``energy`` (logsumexp of the logits) with per-class
+   quantile thresholds;
+3. **cluster**: k-means (scikit-learn, k-means++) of the undiscovered embeddings;
+4. **merge**: each centroid links to its nearest centroid; the strongly (or weakly) connected
+   components of that 1-NN graph (scipy) are merged, new clusters among themselves first, then with
+   the clusters discovered before;
+5. **refine**: one RBF SVM per cluster against the rest of the discovered set; a cluster is dropped when
+   at most ``svm_min_fraction`` of its members, or at most ``svm_min_members`` members, are predicted
+   positive; otherwise the members predicted negative go back to the pool;
+6. the surviving clusters become new classes, and the next round retrains.
+
+Deviation (documented): reference codes and thresholds come from a held-out ``calibration_split`` of the
+labelled images (0 uses the training images themselves, as the paper does), because a small network
+overfits its training images. Sizes are scaled to the zoo (k = 12 rather than 500, 20 members rather
+than 100).
+
+``fit`` (labelled sources, optionally an unlabelled pool), ``discover`` (a pool), ``partial_fit`` (new
+unlabelled images arriving online: one more round over the grown pool) and ``predict`` (a seen source,
+a discovered cluster, or -1 for unknown). ``save_pretrained`` / ``from_pretrained``: ``config.json`` +
+safetensors; the scikit-learn parts are kept as arrays, never pickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectors import DETECTORS
+from guardgen.errors import GuardgenError
+from guardgen.utils import Callback, make_accelerator
+
+__all__ = ["OpenWorldAttribution", "AttributionNet", "WTAHash", "merge_clusters", "discovery_metrics", "OOD_SCORERS"]
+
+OOD_SCORERS = ("wta", "msp", "energy")
+UNKNOWN = -1
+
+
+# ---------------------------------------------------------------------------------------------------
+# network
+
+
+class AttributionNet(nn.Module):
+    """Backbone -> MLP embedding (``embed_dim``) -> linear classifier. Input (B, C, H, W) in [0, 1].
+
+    ``backbone="cnn"``: a small VGG-style CNN without early downsampling (generator fingerprints are high
+    frequency); any other name is created by ``timm`` (``num_classes=0``, no pretrained weights).
+    """
+
+    def __init__(self, *, in_chans: int = 1, num_classes: int = 2, backbone: str = "cnn", width: int = 16,
+                 embed_dim: int = 64, dropout: float = 0.2, highpass: bool = False):
+        super().__init__()
+        self.config = dict(in_chans=in_chans, num_classes=num_classes, backbone=backbone, width=width,
+                           embed_dim=embed_dim, dropout=dropout, highpass=highpass)
+        self.highpass = highpass
+        in_chans = in_chans * (2 if highpass else 1)
+        if backbone == "cnn":
+            w = width
+
+            def block(c_in, c_out):
+                return [nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+            self.backbone = nn.Sequential(*block(in_chans, w), *block(w, w), nn.MaxPool2d(2),
+                                          *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
+                                          *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            feat = 4 * w
+        else:
+            from guardgen.models.classifier import create_classifier
+
+            self.backbone = create_classifier(backbone, num_classes=0, in_chans=in_chans)
+            feat = self.backbone.num_features
+        self.mlp = nn.Sequential(nn.Linear(feat, 2 * embed_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(2 * embed_dim, embed_dim), nn.ReLU(inplace=True))
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * 2 - 1
+        if self.highpass:  # add the high-frequency residual (generator fingerprints live there) as channels
+            x = torch.cat([x, (x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)) * 4], dim=1)
+        return self.mlp(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.embed(x)))
+
+    def grow(self, num_classes: int) -> None:
+        """A head for ``num_classes`` classes keeping the rows of the classes kept (the first ones)."""
+        old = self.head
+        self.head = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+        k = min(num_classes, old.out_features)
+        with torch.no_grad():
+            self.head.weight[:k] = old.weight[:k]
+            self.head.bias[:k] = old.bias[:k]
+        self.config["num_classes"] = num_classes
+
+
+# ---------------------------------------------------------------------------------------------------
+# OOD: winner-take-all hash
+
+
+class WTAHash:
+    """Winner-take-all hash of standardised features: ``P`` permutations, argmax of the first ``K`` coordinates.
+
+    ``codes(f)`` -> (N, P*K) one-hot floats; ``distance(a, b) = P - <a, b>`` (the number of permutations
+    whose winners differ).
+    """
+
+    def __init__(self, dim: int, permutations: int = 2048, k: int = 2, seed: int = 0, perms: torch.Tensor | None = None):
+        if perms is None:
+            g = torch.Generator().manual_seed(seed)
+            perms = torch.stack([torch.randperm(dim, generator=g)[:k] for _ in range(permutations)])
+        self.perms = perms.long()
+        self.P, self.K = self.perms.shape
+
+    def codes(self, features: torch.Tensor) -> torch.Tensor:
+        winners = features[:, self.perms].argmax(-1)  # (N, P)
+        return F.one_hot(winners, self.K).flatten(1).float()
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.P - a @ b.T
+
+    def mean_distance(self, codes: torch.Tensor, mean_code: torch.Tensor) -> torch.Tensor:
+        """Mean distance of each code (N, P*K) to a class summarised by its mean code (P*K,) -> (N,)."""
+        return self.P - codes @ mean_code
+
+
+def merge_clusters(centroids: np.ndarray, connection: str = "strong", metric: str = "cosine") -> np.ndarray:
+    """Component id per centroid of the directed 1-nearest-neighbour graph (scipy ``connected_components``)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.metrics import pairwise_distances
+
+    n = len(centroids)
+    if n < 2:
+        return np.zeros(n, dtype=np.int64)
+    d = pairwise_distances(centroids, metric=metric)
+    np.fill_diagonal(d, np.inf)
+    nn_idx = d.argmin(1)
+    graph = csr_matrix((np.ones(n), (np.arange(n), nn_idx)), shape=(n, n))
+    _, comp = connected_components(graph, directed=True, connection=connection)
+    return comp.astype(np.int64)
+
+
+def discovery_metrics(y_true, y_pred, *, unseen: list[int] | None = None) -> dict:
+    """Purity, NMI and ARI (scikit-learn) of predicted ids against true sources, and sources discovered.
+
+    ``unseen``: the true labels of the unseen sources; a source counts as discovered when it is the
+    majority source of at least one predicted cluster id that no seen label maps to.
+    """
+    from guardgen.metrics import ari, nmi, purity
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = {"purity": purity(y_true, y_pred), "nmi": nmi(y_true, y_pred), "ari": ari(y_true, y_pred)}
+    if unseen is not None:
+        found = set()
+        for c in np.unique(y_pred):
+            members = y_true[y_pred == c]
+            major = np.bincount(members).argmax()
+            if major in unseen:
+                found.add(int(major))
+        out["unseen_discovered"] = sorted(found)
+        out["num_unseen_discovered"] = len(found)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the method
+
+
+@DETECTORS.register("openworld")
+@dataclass(kw_only=True)
+class OpenWorldAttribution:
+    backbone: str = "cnn"
+    width: int = 16
+    embed_dim: int = 64
+    dropout: float = 0.2
+    highpass: bool = False  # also feed the network the image minus its 3x3 local mean
+    epochs: int = 12  # first round (paper: 50)
+    later_epochs: int = 6  # later rounds, warm-started (paper: 100)
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_weighted: bool = True
+    calibration_split: float = 0.2  # held out of the labelled images for OOD thresholds (0: the training set)
+    ood: str = "wta"  # "wta" | "msp" | "energy"
+    wta_permutations: int = 2048
+    wta_k: int = 2
+    wta_quantile: float = 0.9
+    score_quantile: float = 0.05  # msp / energy: reject below this quantile of the class's calibration scores
+    n_clusters: int = 12  # k of k-means (paper: 500)
+    merge: str = "strong"  # "strong" | "weak" connected components of the 1-NN centroid graph
+    svm_min_fraction: float = 0.5
+    svm_min_members: int = 20
+    svm_c: float = 1.0
+    rounds: int = 3
+    max_reference: int = 400  # reference codes per class kept for WTA thresholds
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+    history_: list = field(default_factory=list, init=False, repr=False)
+
+    # ------------------------------------------------------------------ closed set
+
+    def fit(self, images: torch.Tensor, labels, class_names: list[str] | None = None, *,
+            unlabeled: torch.Tensor | None = None, callback: Callback | None = None) -> "OpenWorldAttribution":
+        """Train on labelled sources: images (N, C, H, W) in [0, 1], labels (N,) in 0..S-1; then discover in
+        ``unlabeled`` if given."""
+        self._check_settings()
+        images, labels = _check_images(images), torch.as_tensor(labels).long().flatten()
+        if len(images) != len(labels):
+            raise GuardgenError(f"{len(images)} images and {len(labels)} labels; pass one label per image")
+        num = int(labels.max()) + 1 if len(labels) else 0
+        if num < 2 or len(torch.unique(labels)) != num:
+            raise GuardgenError("attribution needs labelled images of at least 2 sources, labelled 0..S-1 without gaps")
+        self.class_names_ = list(class_names) if class_names else [f"source-{i}" for i in range(num)]
+        if len(self.class_names_) != num:
+            raise GuardgenError(f"{len(self.class_names_)} class names for {num} sources")
+        self.num_seen_ = num
+        self.image_shape_ = tuple(images.shape[1:])
+        g = torch.Generator().manual_seed(self.seed)
+        calib = torch.zeros(len(labels), dtype=torch.bool)
+        if self.calibration_split > 0:
+            for c in range(num):
+                idx = torch.nonzero(labels == c).flatten()
+                idx = idx[torch.randperm(len(idx), generator=g)]
+                calib[idx[: int(round(len(idx) * self.calibration_split))]] = True
+        self.train_images_, self.train_labels_ = images[~calib], labels[~calib]
+        self.calib_images_, self.calib_labels_ = (images[calib], labels[calib]) if calib.any() else (images, labels)
+        self.pool_ = torch.empty(0, *self.image_shape_)
+        self.pool_labels_ = torch.empty(0, dtype=torch.long)  # class id per pool image, -1 undiscovered
+        self.round_ = 0
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed)
+        self.network_ = AttributionNet(in_chans=images.shape[1], num_classes=num, backbone=self.backbone,
+                                       width=self.width, embed_dim=self.embed_dim, dropout=self.dropout,
+                                       highpass=self.highpass)
+        self._train_network(self.epochs, callback, tag="closed-set")
+        self._calibrate()
+        self.train_seconds_ = time.perf_counter() - t0
+        if unlabeled is not None:
+            self.discover(unlabeled, callback=callback)
+        return self
+
+    @property
+    def num_classes_(self) -> int:
+        return len(self.class_names_)
+
+    def _check_settings(self) -> None:
+        if self.ood not in OOD_SCORERS:
+            raise GuardgenError(f"unknown OOD scorer {self.ood!r}; use one of {', '.join(OOD_SCORERS)}")
+        if self.merge not in ("strong", "weak"):
+            raise GuardgenError(f"merge must be strong or weak, got {self.merge!r}")
+        if self.n_clusters < 2:
+            raise GuardgenError(f"n_clusters must be at least 2, got {self.n_clusters}")
+
+    def _fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise GuardgenError("this attribution model is not trained yet; call fit() or load one with from_pretrained()")
+
+    def _training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labelled training images plus the pool images in discovered clusters (their cluster's class)."""
+        in_cluster = self.pool_labels_ >= self.num_seen_
+        return (torch.cat([self.train_images_, self.pool_[in_cluster]]),
+                torch.cat([self.train_labels_, self.pool_labels_[in_cluster]]))
+
+    def _train_network(self, epochs: int, callback, tag: str) -> None:
+        x_all, y_all = self._training_set()
+        acc = make_accelerator(self.device, self.mixed_precision)
+        torch.manual_seed(self.seed + self.round_)
+        net = self.network_.train()
+        counts = torch.bincount(y_all, minlength=self.num_classes_).float()
+        weight = (counts.max() / counts.clamp_min(1)) if self.class_weighted else torch.ones_like(counts)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        net, opt = acc.prepare(net, opt)
+        weight = weight.to(acc.device)
+        n = len(y_all)
+        steps_per_epoch = max(n // self.batch_size, 1)
+        total = epochs * steps_per_epoch
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.round_)
+        step = 0
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=g)
+            for i in range(steps_per_epoch):
+                idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+                x, y = x_all[idx].to(acc.device), y_all[idx].to(acc.device)
+                with acc.autocast():
+                    loss = F.cross_entropy(net(x).float(), y, weight=weight)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite attribution loss in round {self.round_}; lower lr")
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                step += 1
+                self.history_.append({"round": self.round_, "step": step, "loss": loss.item()})
+                if callback is not None:
+                    callback(step, {"total": total, "loss": loss.item(), "stage": tag, "round": self.round_})
+        self.network_ = acc.unwrap_model(net).cpu().eval()
+
+    @torch.no_grad()
+    def _forward(self, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings (N, D), logits (N, K)) on CPU."""
+        net = self.network_.eval()
+        device = next(net.parameters()).device
+        embs, logits = [], []
+        for i in range(0, len(images), batch_size):
+            e = net.embed(images[i:i + batch_size].to(device))
+            embs.append(e.float().cpu())
+            logits.append(net.head(e).float().cpu())
+        if not embs:
+            return torch.empty(0, self.embed_dim), torch.empty(0, self.num_classes_)
+        return torch.cat(embs), torch.cat(logits)
+
+    def _standardise(self, emb: torch.Tensor) -> torch.Tensor:
+        return (emb - self.feat_mean_) / self.feat_std_
+
+    def _reference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels that define each class for the OOD scorer: calibration images of seen
+        sources, members of discovered clusters."""
+        in_cluster = self.pool_labels_ >= self.num_seen_
+        return (torch.cat([self.calib_images_, self.pool_[in_cluster]]),
+                torch.cat([self.calib_labels_, self.pool_labels_[in_cluster]]))
+
+    def _calibrate(self) -> None:
+        """Feature statistics, WTA reference codes and per-class thresholds of every scorer."""
+        x_train, _ = self._training_set()
+        emb_train, _ = self._forward(x_train)
+        self.feat_mean_, self.feat_std_ = emb_train.mean(0), emb_train.std(0).clamp_min(1e-6)
+        x_ref, y_ref = self._reference()
+        emb, logits = self._forward(x_ref)
+        z = self._standardise(emb)
+        if not hasattr(self, "wta_") or self.wta_.perms.shape[1] != self.wta_k:
+            self.wta_ = WTAHash(self.embed_dim, self.wta_permutations, self.wta_k, seed=self.seed)
+        codes = self.wta_.codes(z)
+        K = self.num_classes_
+        self.mean_codes_ = torch.zeros(K, codes.shape[1])
+        self.wta_threshold_ = torch.zeros(K)
+        self.msp_threshold_, self.energy_threshold_ = torch.zeros(K), torch.zeros(K)
+        self.centroids_ = torch.zeros(K, emb.shape[1])
+        g = torch.Generator().manual_seed(self.seed + 17)
+        probs, energy = logits.softmax(1), torch.logsumexp(logits, 1)
+        for c in range(K):
+            idx = torch.nonzero(y_ref == c).flatten()
+            if len(idx) == 0:
+                continue
+            sub = idx[torch.randperm(len(idx), generator=g)[: self.max_reference]]
+            self.mean_codes_[c] = codes[sub].mean(0)
+            self.centroids_[c] = F.normalize(z[idx], dim=1).mean(0)
+            d = self.wta_.pairwise(codes[sub], codes[sub])
+            iu = torch.triu_indices(len(sub), len(sub), 1)
+            pair = d[iu[0], iu[1]]
+            self.wta_threshold_[c] = torch.quantile(pair, self.wta_quantile) if len(pair) else float(self.wta_.P)
+            self.msp_threshold_[c] = torch.quantile(probs[idx, c], self.score_quantile)
+            self.energy_threshold_[c] = torch.quantile(energy[idx], self.score_quantile)
+
+    def _accept(self, emb: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted class (N,), accepted (N,) bool) with the configured OOD scorer."""
+        pred = logits.argmax(1)
+        if self.ood == "wta":
+            codes = self.wta_.codes(self._standardise(emb))
+            dist = self.wta_.P - (codes @ self.mean_codes_.T)  # (N, K) mean distance to each class
+            ok = dist.gather(1, pred[:, None])[:, 0] < self.wta_threshold_[pred]
+        elif self.ood == "msp":
+            ok = logits.softmax(1).gather(1, pred[:, None])[:, 0] >= self.msp_threshold_[pred]
+        else:
+            ok = torch.logsumexp(logits, 1) >= self.energy_threshold_[pred]
+        return pred, ok
+
+    def ood_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every scorer's in-distribution score for the predicted class (higher = more in-distribution)."""
+        self._fitted()
+        emb, logits = self._forward(_check_images(images))
+        pred = logits.argmax(1)
+        codes = self.wta_.codes(self._standardise(emb))
+        dist = self.wta_.P - (codes @ self.mean_codes_.T)
+        return {"wta": -dist.gather(1, pred[:, None])[:, 0] + self.wta_threshold_[pred],
+                "msp": logits.softmax(1).max(1).values, "energy": torch.logsumexp(logits, 1), "pred": pred}
+
+    # ------------------------------------------------------------------ discovery
+
+    def discover(self, images: torch.Tensor, *, rounds: int | None = None, callback: Callback | None = None) -> "OpenWorldAttribution":
+        """Iterative discovery on a pool of unlabelled images (replaces the current pool)."""
+        self._fitted()
+        images = self._check_shape(_check_images(images))
+        if len(images) < self.n_clusters:
+            raise GuardgenError(f"{len(images)} images to discover sources in, fewer than the {self.n_clusters} clusters "
+                                "requested; pass more images or lower n_clusters (--clusters)")
+        self.pool_ = images
+        self.pool_labels_ = torch.full((len(images),), UNKNOWN, dtype=torch.long)
+        for _ in range(self.rounds if rounds is None else rounds):
+            self._round(callback)
+        return self
+
+    def partial_fit(self, images: torch.Tensor, *, rounds: int = 1, callback: Callback | None = None) -> "OpenWorldAttribution":
+        """New unlabelled images arrive: add them to the pool and run ``rounds`` more discovery rounds."""
+        self._fitted()
+        images = self._check_shape(_check_images(images))
+        self.pool_ = torch.cat([self.pool_, images])
+        self.pool_labels_ = torch.cat([self.pool_labels_, torch.full((len(images),), UNKNOWN, dtype=torch.long)])
+        if len(self.pool_) < 2:
+            raise GuardgenError("partial_fit needs at least 2 images in the pool")
+        for _ in range(rounds):
+            self._round(callback)
+        return self
+
+    def _check_shape(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[1:]) != self.image_shape_:
+            raise GuardgenError(f"images of shape {tuple(images.shape[1:])}; this model was trained on {self.image_shape_}")
+        return images
+
+    def _round(self, callback) -> None:
+        from sklearn.cluster import KMeans
+
+        self.round_ += 1
+        rec = {"round": self.round_}
+        # OOD over the whole pool with the current network and classes
+        emb, logits = self._forward(self.pool_)
+        pred, ok = self._accept(emb, logits)
+        labels = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
+        undiscovered = torch.nonzero(~ok).flatten()
+        rec["accepted"] = int(ok.sum())
+        rec["undiscovered"] = len(undiscovered)
+        z = F.normalize(self._standardise(emb), dim=1).numpy()
+        k = min(self.n_clusters, len(undiscovered) // max(self.svm_min_members // 2, 2))
+        old = [c for c in range(self.num_seen_, self.num_classes_)]
+        if k >= 2:
+            km = KMeans(n_clusters=k, n_init=3, random_state=self.seed + self.round_).fit(z[undiscovered.numpy()])
+            new_assign = km.labels_
+            if len(np.unique(new_assign)) < 2:  # collapsed: rerun once with another seed (as the paper does)
+                km = KMeans(n_clusters=k, n_init=3, random_state=self.seed + 1000 + self.round_).fit(z[undiscovered.numpy()])
+                new_assign = km.labels_
+            # merge new clusters among themselves
+            comp = merge_clusters(km.cluster_centers_, self.merge)
+            new_assign = comp[new_assign]
+            n_new = int(new_assign.max()) + 1
+            # then with the discovered clusters (centroids of their accepted members)
+            cents, owners = [], []
+            for c in old:
+                m = (labels == c).numpy()
+                if m.any():
+                    cents.append(z[m].mean(0))
+                    owners.append(("old", c))
+            for j in range(n_new):
+                cents.append(z[undiscovered.numpy()[new_assign == j]].mean(0))
+                owners.append(("new", j))
+            comp = merge_clusters(np.stack(cents), self.merge)
+            # a component's id: its discovered cluster if it holds one, else a fresh id
+            comp_class: dict[int, int] = {}
+            for (kind, c), cc in zip(owners, comp):
+                if kind == "old":
+                    comp_class.setdefault(int(cc), c)
+            fresh = self.num_classes_
+            for (kind, c), cc in zip(owners, comp):
+                if int(cc) not in comp_class:
+                    comp_class[int(cc)] = fresh
+                    fresh += 1
+            relabel = {c: comp_class[int(cc)] for (kind, c), cc in zip(owners, comp) if kind == "old"}
+            labels = torch.tensor([relabel.get(int(v), int(v)) for v in labels.tolist()])
+            for (kind, j), cc in zip(owners, comp):
+                if kind == "new":
+                    labels[undiscovered[torch.from_numpy(new_assign == j)]] = comp_class[int(cc)]
+            rec["kmeans_k"] = k
+        # refine with one SVM per discovered cluster
+        labels = self._refine(z, labels)
+        # renumber: seen classes keep 0..S-1, surviving clusters follow in order
+        kept = sorted(int(c) for c in torch.unique(labels).tolist() if c >= self.num_seen_)
+        mapping = {c: self.num_seen_ + i for i, c in enumerate(kept)}
+        labels = torch.tensor([mapping.get(int(v), int(v)) for v in labels.tolist()], dtype=torch.long)
+        # seen-class acceptances stay attributed; they are not training data for the network
+        self.pool_labels_ = labels
+        self.class_names_ = self.class_names_[: self.num_seen_] + [f"cluster-{i}" for i in range(len(kept))]
+        rec["clusters"] = len(kept)
+        rec["discovered"] = int((labels >= self.num_seen_).sum())
+        self.history_.append(rec)
+        # retrain with the discovered clusters as new classes
+        self.network_.grow(self.num_classes_)
+        self._train_network(self.later_epochs, callback, tag=f"round {self.round_}")
+        self._calibrate()
+
+    def _refine(self, z: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
+        from sklearn.svm import SVC
+
+        labels = labels.clone()
+        disc = torch.nonzero(labels >= self.num_seen_).flatten()
+        clusters = sorted(set(labels[disc].tolist()))
+        if not clusters:
+            return labels
+        if len(clusters) == 1:  # nothing to contrast with: keep it if it is large enough
+            if len(disc) <= self.svm_min_members:
+                labels[disc] = UNKNOWN
+            return labels
+        zd, yd = z[disc.numpy()], labels[disc].numpy()
+        for c in clusters:
+            pos = yd == c
+            svm = SVC(kernel="rbf", C=self.svm_c, gamma="scale", class_weight="balanced", random_state=self.seed)
+            svm.fit(zd, pos.astype(int))
+            hit = svm.predict(zd[pos]).astype(bool)
+            members = disc[torch.from_numpy(pos)]
+            if hit.mean() <= self.svm_min_fraction or hit.sum() <= self.svm_min_members:
+                labels[members] = UNKNOWN
+            else:
+                labels[members[torch.from_numpy(~hit)]] = UNKNOWN
+        return labels
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, images: torch.Tensor, *, assign_unknown: bool = False) -> torch.Tensor:
+        """Class id per image (N,): 0..S-1 a seen source, S.. a discovered cluster, -1 unknown.
+
+        ``assign_unknown`` gives each unknown image its nearest class centroid (cosine), as the paper's
+        full-set metrics do.
+        """
+        self._fitted()
+        emb, logits = self._forward(self._check_shape(_check_images(images)))
+        pred, ok = self._accept(emb, logits)
+        out = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
+        if assign_unknown and (~ok).any():
+            z = F.normalize(self._standardise(emb[~ok]), dim=1)
+            out[~ok] = (z @ F.normalize(self.centroids_, dim=1).T).argmax(1)
+        return out
+
+    def predict_names(self, images: torch.Tensor) -> list[str]:
+        return [self.class_names_[i] if i >= 0 else "unknown" for i in self.predict(images).tolist()]
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax over the seen sources and discovered clusters (N, K) (closed-set)."""
+        self._fitted()
+        return self._forward(self._check_shape(_check_images(images)))[1].softmax(1)
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, folder: str | Path, *, keep_data: bool = True, extra: dict | None = None) -> Path:
+        """``config.json`` + ``model.safetensors`` (network) + ``ood.safetensors`` (WTA permutations, reference
+        codes, thresholds, feature statistics, centroids) [+ ``data.safetensors``: labelled and pool images as
+        uint8, so ``partial_fit`` can continue after loading]."""
+        from guardgen import __version__
+        from guardgen.checkpoint import save_checkpoint
+
+        self._fitted()
+        config = {"_class": type(self).__name__, "_guardgen_version": __version__, "detector": asdict(self),
+                  "network": self.network_.config, "class_names": self.class_names_, "num_seen": self.num_seen_,
+                  "image_shape": list(self.image_shape_), "round": self.round_,
+                  "history": [h for h in self.history_ if "loss" not in h], **(extra or {})}
+        ood = {"perms": self.wta_.perms, "mean_codes": self.mean_codes_, "wta_threshold": self.wta_threshold_,
+               "msp_threshold": self.msp_threshold_, "energy_threshold": self.energy_threshold_,
+               "feat_mean": self.feat_mean_, "feat_std": self.feat_std_, "centroids": self.centroids_}
+        weights = {"model": self.network_.state_dict(), "ood": ood}
+        if keep_data:
+            q = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
+            weights["data"] = {"train_images": q(self.train_images_), "train_labels": self.train_labels_,
+                               "calib_images": q(self.calib_images_), "calib_labels": self.calib_labels_,
+                               "pool_images": q(self.pool_), "pool_labels": self.pool_labels_}
+        return save_checkpoint(folder, config, weights)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, device: str = "cpu") -> "OpenWorldAttribution":
+        from guardgen.checkpoint import load_checkpoint, load_json
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise GuardgenError(f"{folder}: not an attribution model folder (no config.json); train one with "
+                                "`guardgen attribute fit`")
+        config = load_json(folder / "config.json")
+        if not isinstance(config, dict) or config.get("_class") != cls.__name__:
+            raise GuardgenError(f"{folder}: config.json is not a guardgen open-world attribution model's")
+        _, weights = load_checkpoint(folder)
+        for name in ("model", "ood"):
+            if name not in weights:
+                raise GuardgenError(f"{folder}: no {name}.safetensors beside config.json")
+        known = set(cls.__dataclass_fields__)
+        self = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config["detector"].items()
+                      if k in known and not k.endswith("_")})
+        self.class_names_, self.num_seen_ = list(config["class_names"]), int(config["num_seen"])
+        self.image_shape_, self.round_ = tuple(config["image_shape"]), int(config.get("round", 0))
+        self.network_ = AttributionNet(**config["network"])
+        try:
+            self.network_.load_state_dict(weights["model"])
+        except RuntimeError as err:
+            raise GuardgenError(f"{folder}/model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
+        self.network_.eval()
+        ood = weights["ood"]
+        self.wta_ = WTAHash(self.embed_dim, perms=ood["perms"])
+        self.mean_codes_, self.wta_threshold_ = ood["mean_codes"], ood["wta_threshold"]
+        self.msp_threshold_, self.energy_threshold_ = ood["msp_threshold"], ood["energy_threshold"]
+        self.feat_mean_, self.feat_std_, self.centroids_ = ood["feat_mean"], ood["feat_std"], ood["centroids"]
+        data = weights.get("data")
+        shape = self.image_shape_
+        if data is not None:
+            f = lambda x: x.float() / 255  # noqa: E731
+            self.train_images_, self.train_labels_ = f(data["train_images"]), data["train_labels"].long()
+            self.calib_images_, self.calib_labels_ = f(data["calib_images"]), data["calib_labels"].long()
+            self.pool_, self.pool_labels_ = f(data["pool_images"]).reshape(-1, *shape), data["pool_labels"].long()
+        else:
+            empty = torch.empty(0, *shape)
+            self.train_images_ = self.calib_images_ = self.pool_ = empty
+            self.train_labels_ = self.calib_labels_ = self.pool_labels_ = torch.empty(0, dtype=torch.long)
+        self.history_ = list(config.get("history", []))
+        return self
+
+
+def _check_images(images) -> torch.Tensor:
+    images = torch.as_tensor(images).float()
+    if images.ndim != 4:
+        raise GuardgenError(f"images must be (N, C, H, W) in [0, 1], got shape {tuple(images.shape)}")
+    return images

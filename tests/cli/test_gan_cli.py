@@ -1,0 +1,148 @@
+"""CLI end to end on tiny GANs and synthetic image folders: `unlearn concept` on a GAN, `attribute fit|discover|predict`."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from guardgen.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_gan(tmp_path):
+    from guardgen.models.gan import GAN_ARCHITECTURES, save_gan
+
+    torch.manual_seed(0)
+    arch = GAN_ARCHITECTURES.get("dcgan")
+    g_args, d_args = dict(latent_dim=8, width=4), dict(width=4)
+    return save_gan(tmp_path / "gan", arch.generator(**g_args), arch.discriminator(**d_args), architecture="dcgan",
+                    generator_args=g_args, discriminator_args=d_args)
+
+
+@pytest.fixture
+def tiny_oracle(tmp_path, tiny_gan):
+    """A small digit-classifier folder whose head splits the tiny GAN's samples between classes 3 and 0."""
+    from guardgen.models import load_model
+    from guardgen.models.classifier import classifier_features, create_classifier, save_classifier
+    from guardgen.models.gan import sample_gan
+
+    torch.manual_seed(1)
+    args = {"num_classes": 10, "in_chans": 1, "width": 4}
+    clf = create_classifier("guardgen_digitnet", **args).eval()
+    g, _ = load_model(str(tiny_gan), kind="gan")
+    f = classifier_features(clf, sample_gan(g, 256, generator_rng=torch.Generator().manual_seed(5)))
+    v = f[0] - f.mean(0)
+    with torch.no_grad():
+        clf.head.weight.zero_()
+        clf.head.bias.fill_(-10.0)
+        clf.head.weight[3] = v
+        clf.head.bias[3] = -(f.mean(0) @ v)
+        clf.head.bias[0] = 0.0
+    return save_classifier(clf, tmp_path / "oracle", architecture="guardgen_digitnet", model_args=args)
+
+
+def _most_common_class(gan, oracle):
+    from guardgen.models import load_model
+    from guardgen.models.gan import sample_gan
+    from guardgen.utils import predict_logits
+
+    g, _ = load_model(str(gan), kind="gan")
+    clf = load_model(str(oracle), kind="classifier")
+    pred = predict_logits(clf, sample_gan(g, 256, generator_rng=torch.Generator().manual_seed(0))).argmax(1)
+    counts = torch.bincount(pred, minlength=10)
+    assert 0.05 < counts[3] / 256 < 0.95  # the stand-in oracle splits the samples
+    return 3
+
+
+def test_unlearn_concept_on_a_gan(tmp_path, tiny_gan, tiny_oracle, monkeypatch):
+    from guardgen.data import ImageSet
+
+    fake = ImageSet(torch.rand(60, 1, 16, 16), torch.arange(60) % 10, [str(c) for c in range(10)], "fake")
+    monkeypatch.setattr("guardgen.zoo.gan.load_mnist", lambda split, resolution=16, exclude=(): fake.exclude(exclude))
+    forget = _most_common_class(tiny_gan, tiny_oracle)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["unlearn", "concept", "--model", str(tiny_gan), "--forget", str(forget),
+                                 "--method", "adapt_then_unlearn", "--oracle", str(tiny_oracle), "--iterations", "2",
+                                 "--set", "adapt_iterations=2", "--set", "num_samples=128", "--set", "batch_size=8",
+                                 "--eval-per-class", "10", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "forget_share" in result.output and "fd_ratio" in result.output
+    assert (out / "grid.png").is_file() and (out / "generator.safetensors").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["forget"] == [forget] and 0 <= results["after"]["forget_share"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["unlearning"]["method"] == "adapt_then_unlearn" and config["unlearning"]["forget"] == [forget]
+    from guardgen.models import load_model
+
+    g, d = load_model(str(out), kind="gan")
+    assert d is not None
+
+
+def test_unlearn_concept_gan_bad_input(tmp_path, tiny_gan, tiny_oracle):
+    base = ["unlearn", "concept", "--model", str(tiny_gan), "--oracle", str(tiny_oracle), "--device", "cpu",
+            "--out", str(tmp_path / "r")]
+    result = runner.invoke(app, base + ["--forget", "7", "--method", "esd"])
+    assert result.exit_code == 2 and "for a GAN use --method" in result.output
+    result = runner.invoke(app, base + ["--forget", "seven", "--method", "gan_finetune"])
+    assert result.exit_code == 2 and "class ids" in result.output
+    # the feature is found in fewer samples than min_negatives: the run stops with one line
+    result = runner.invoke(app, base + ["--forget", "3", "--method", "gan_finetune", "--set", "num_samples=16",
+                                        "--set", "min_negatives=17"])
+    assert result.exit_code == 2 and "nothing to unlearn" in result.output, result.output
+
+
+def _write_sources(root, n, seed, names):
+    import sys
+    from pathlib import Path
+
+    from guardgen.data import write_image_set
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "detectors"))
+    from test_attribution import make_sources
+
+    x, y = make_sources(n, seed=seed)
+    for i, name in enumerate(names):
+        if name is not None:
+            write_image_set(x[y == i], root / name)
+    return root
+
+
+def test_attribute_fit_discover_predict(tmp_path):
+    seen = _write_sources(tmp_path / "seen", 100, 0, ["real", "gan-a", "gan-b", None, None])
+    pool = _write_sources(tmp_path / "pool", 60, 1, ["real", "gan-a", "gan-b", "gan-c", "gan-d"])
+    model = tmp_path / "model"
+    settings = ["--set", "width=8", "--set", "embed_dim=32", "--set", "epochs=12", "--set", "later_epochs=3",
+                "--set", "lr=0.003", "--set", "batch_size=64", "--set", "wta_permutations=256",
+                "--set", "svm_min_members=8", "--set", "n_clusters=5"]
+    result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--out", str(model), "--device", "cpu", *settings])
+    assert result.exit_code == 0, result.output
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+    result = runner.invoke(app, ["attribute", "discover", str(model), "--data", str(pool), "--rounds", "1",
+                                 "--out", str(tmp_path / "found")])
+    assert result.exit_code == 0, result.output
+    assert "nmi" in result.output and "discovery rounds" in result.output
+    result = runner.invoke(app, ["attribute", "predict", str(tmp_path / "found"), "--data", str(pool),
+                                 "--out", str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert len(preds["predictions"]) == 300 and preds["true"][0] == "gan-a"
+    # too many clusters for the images given: one clear line
+    result = runner.invoke(app, ["attribute", "discover", str(model), "--data", str(seen), "--clusters", "1000",
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "fewer than the 1000 clusters" in result.output
+
+
+def test_attribute_fit_bad_source(tmp_path):
+    result = runner.invoke(app, ["attribute", "fit", "--source", "nonsense", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "NAME=SPEC" in result.output
