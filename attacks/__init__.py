@@ -9,3 +9,5 @@ from guardgen.registry import Registry
 ATTACKS = Registry("attack")
 
 __all__ = ["ATTACKS"]
+
+from attacks import on_manifold, pgd, prompt_search, worst_case_forget  # noqa: E402,F401  (registers the attacks)

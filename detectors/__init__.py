@@ -8,3 +8,5 @@ from guardgen.registry import Registry
 DETECTORS = Registry("detector")
 
 __all__ = ["DETECTORS"]
+
+from detectors import attribution, detector, omat  # noqa: E402,F401  (registers the detectors)

@@ -9,4 +9,4 @@ UNLEARN = Registry("unlearning method")
 
 __all__ = ["UNLEARN"]
 
-from unlearn import esd, ga, retrain, sfd  # noqa: E402,F401  (registers the methods)
+from unlearn import adapt_then_unlearn, classifier, esd, ga, redaction, retrain, sfd  # noqa: E402,F401  (registers the methods)

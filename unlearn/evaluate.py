@@ -19,7 +19,7 @@ from guardgen.metrics import fd_from_features, precision_recall_knn
 from guardgen.models.classifier import classifier_features
 from guardgen.utils import predict_logits
 
-__all__ = ["evaluate_concept_unlearning"]
+__all__ = ["evaluate_concept_unlearning", "concept_plan", "evaluate_before_after", "evaluate_redaction"]
 
 
 def evaluate_concept_unlearning(
@@ -145,4 +145,39 @@ def evaluate_before_after(original, unlearned, oracle, plan: dict, *, per_condit
             after = sample_images(unlearned, [c] * n, num_inference_steps=original_steps, guidance_scale=original_guidance, seed=seed + 1)
             tiles += [before, after]
         save_grid(torch.cat(tiles), grid, nrow=2 * n)
+    return out
+
+
+def evaluate_redaction(original, redacted, oracle, *, redacted_prompts: dict, reference_class: int, paraphrases: dict | None = None,
+                       retained_prompts: Sequence = (), per_prompt: int = 20, steps: int = 50, seed: int = 0,
+                       cache: dict | None = None) -> dict:
+    """Score a redaction with the oracle, on the same seeds for both models.
+
+    redacted_prompts / paraphrases: prompt -> the class it depicts originally. Returns the share of their
+    samples the redacted model renders as ``reference_class`` (redaction rate), the same for held-out
+    paraphrases, the original model's rates beside them, and the agreement (same oracle label, same
+    seed) of the two models on the retained (non-redacted) prompts.
+    """
+    from guardgen.models.diffusion import sample_images
+
+    paraphrases = paraphrases or {}
+    groups = {"redacted": list(redacted_prompts), "paraphrase": list(paraphrases), "retained": list(retained_prompts)}
+    preds = cache if cache is not None else {}
+    for name, pipe in (("original", original), ("redacted", redacted)):
+        for group, prompts in groups.items():
+            if prompts and not (name == "original" and (name, group) in preds):
+                conds = [p for p in prompts for _ in range(per_prompt)]
+                images = sample_images(pipe, conds, num_inference_steps=steps, seed=seed)
+                preds[name, group] = predict_logits(oracle, images).argmax(1)
+    out = {"per_prompt": per_prompt, "steps": steps}
+    concepts = {"redacted": redacted_prompts, "paraphrase": paraphrases}
+    for name in ("original", "redacted"):
+        for group in ("redacted", "paraphrase"):
+            if (name, group) in preds:
+                p = preds[name, group]
+                concept = torch.tensor([concepts[group][c] for c in groups[group] for _ in range(per_prompt)])
+                out[f"{group}_reference_rate_{name}"] = (p == reference_class).float().mean().item()
+                out[f"{group}_concept_rate_{name}"] = (p == concept).float().mean().item()
+    if ("original", "retained") in preds:
+        out["retained_agreement"] = (preds["original", "retained"] == preds["redacted", "retained"]).float().mean().item()
     return out

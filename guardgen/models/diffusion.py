@@ -68,6 +68,8 @@ def save_pipeline(pipe, folder: str | Path) -> Path:
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        if getattr(pipe, "sentence_encoder", None) is not None:  # a pipeline-owned sentence encoder (redaction)
+            pipe.sentence_encoder.save(str(tmp / pipe.config.text_encoder_subfolder), safe_serialization=True)
         module = type(pipe).__module__
         if module.startswith("guardgen.models.pipelines"):
             shutil.copyfile(inspect.getsourcefile(type(pipe)), tmp / "pipeline_guardgen.py")
@@ -132,7 +134,9 @@ def _load_guardgen_pipeline(folder: Path, index: dict, torch_dtype):
             kwargs[name] = component_cls.from_pretrained(folder / name, **extra)
         elif not isinstance(value, list):
             kwargs[name] = value
-    return cls(**kwargs)
+    pipe = cls(**kwargs)
+    pipe.register_to_config(_name_or_path=str(folder))  # as from_pretrained records it (pipeline-owned subfolders)
+    return pipe
 
 
 def _first_line(err: Exception) -> str:

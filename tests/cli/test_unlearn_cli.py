@@ -43,7 +43,7 @@ def test_unlearn_concept_without_evaluation_on_a_folder(tmp_path, tiny_class_pip
 @pytest.mark.parametrize("args,message", [
     (("--forget", 12, "--override", 1), "unknown class '12'"),
     (("--forget", 7, "--override", 7), "equals the forgotten concept"),
-    (("--forget", 7, "--method", "nope"), "unknown unlearning method 'nope'; choose one of: esd, ga, retrain, sfd"),
+    (("--forget", 7, "--method", "nope"), "unknown unlearning method 'nope'; choose one of:"),
     (("--forget", 7, "--override", 1, "--set", "bogus=1"), "unknown setting(s) bogus"),
 ])
 def test_bad_input(tmp_path, args, message):

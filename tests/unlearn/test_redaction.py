@@ -1,0 +1,129 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from guardgen.cli import app
+from guardgen.errors import GuardgenError
+from guardgen.models import load_model
+from guardgen.models.conditioning import conditioning_for
+from guardgen.models.diffusion import sample_images, save_pipeline
+from unlearn import UNLEARN
+from unlearn.redaction import Redaction, _apply_rules, _has_key, _layer_list
+
+
+def _embed(pipe, prompts):
+    return conditioning_for(pipe).embed(prompts)["encoder_hidden_states"].flatten(1)
+
+
+def test_class_redaction_is_an_exact_remap(tiny_class_pipeline):
+    pipe = load_model(str(tiny_class_pipeline))
+    red = Redaction().fit(pipe, forget=[3], override=[5])
+    new = red.to_pipeline(pipe)
+    w0, w1 = pipe.unet.class_embedding.weight, new.unet.class_embedding.weight
+    assert torch.equal(w1[3], w0[5]) and not torch.equal(w1[3], w0[3])
+    keep = [i for i in range(w0.shape[0]) if i != 3]
+    assert torch.equal(w1[keep], w0[keep])
+    a = sample_images(new, [3, 3], num_inference_steps=2, seed=1)
+    b = sample_images(pipe, [5, 5], num_inference_steps=2, seed=1)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_text_redaction_moves_redacted_prompts_and_keeps_the_others(tiny_sd_pipeline):
+    pipe = load_model(str(tiny_sd_pipeline))
+    forget, ref, keep = ["a red bird"], ["a blue car"], ["a green tree", "a small house"]
+    red = Redaction(iterations=40, lr=1e-3, batch_size=8, random_prompts=16, device="cpu")
+    red.fit(pipe, forget=forget, override=ref, retain=keep)
+    new = red.to_pipeline(pipe)
+    with torch.no_grad():
+        target = _embed(pipe, ref)
+        before, after = _embed(pipe, forget), _embed(new, forget)
+        kept_before, kept_after = _embed(pipe, keep), _embed(new, keep)
+    assert (after - target).norm() < 0.5 * (before - target).norm()
+    assert (kept_after - kept_before).norm(dim=1).mean() < 0.7 * (after - before).norm()
+    assert new.unet is pipe.unet  # the generator is untouched and shared
+    assert red.history_[-1]["loss_redact"] < red.history_[0]["loss_redact"]
+
+
+@pytest.mark.parametrize("variant", ["last_layers", "lora"])
+def test_variants_train_only_their_part(tiny_sd_pipeline, variant):
+    pipe = load_model(str(tiny_sd_pipeline))
+    red = Redaction(variant=variant, last_layers=1, iterations=3, lr=1e-2, batch_size=4, random_prompts=4, device="cpu")
+    red.fit(pipe, forget=["a red bird"], override=["a blue car"])
+    a, b = pipe.text_encoder.state_dict(), red.text_encoder_.state_dict()
+    assert set(a) == set(b)  # LoRA is merged back: a plain CLIP text encoder
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed
+    if variant == "last_layers":
+        n = len(_layer_list(pipe.text_encoder))
+        assert all(f"layers.{n - 1}." in k or "final_layer_norm" in k for k in changed)
+    else:
+        assert all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+
+
+def test_redacted_sd_pipeline_saves_and_loads(tmp_path, tiny_sd_pipeline):
+    pipe = load_model(str(tiny_sd_pipeline))
+    red = Redaction(iterations=2, batch_size=4, random_prompts=4, device="cpu").fit(pipe, forget=["a red bird"], override=["a cat"])
+    folder = save_pipeline(red.to_pipeline(pipe), tmp_path / "redacted")
+    loaded = load_model(str(folder))
+    for k, v in red.text_encoder_.state_dict().items():
+        assert torch.equal(loaded.text_encoder.state_dict()[k], v)
+
+
+def test_sentence_encoder_redaction_round_trip(tmp_path):
+    pipe = load_model("zoo:mnist-t2i")
+    red = Redaction(iterations=3, lr=1e-4, batch_size=4, random_prompts=4, keyword_prompts=4, replace={"seven": "one"},
+                    device="cpu").fit(pipe, forget=["a handwritten digit seven"], override=["a handwritten digit one"])
+    new = red.to_pipeline(pipe)
+    probe = ["a handwritten digit seven", "a scribbled seven"]
+    target = pipe.encode_text(["a handwritten digit one", "a scribbled one"])
+    assert (new.encode_text(probe) - target).norm() < (pipe.encode_text(probe) - target).norm()
+    folder = save_pipeline(new, tmp_path / "t2i-redacted")
+    assert (folder / "text_encoder" / "model.safetensors").is_file()
+    loaded = load_model(str(folder))
+    assert torch.allclose(loaded.encode_text(probe), new.encode_text(probe), atol=1e-5)
+    assert not torch.allclose(load_model("zoo:mnist-t2i").encode_text(probe), new.encode_text(probe), atol=1e-3)
+
+
+def test_keyword_rules():
+    assert _has_key("A scribbled Seven.", {"seven": "one"}) and not _has_key("sevenfold", {"seven": "one"})
+    assert _apply_rules("a Seven and 7", {"seven": "one", "7": "1"}) == "a one and 1"
+
+
+@pytest.mark.parametrize("kwargs,fit,message", [
+    ({}, {"forget": [], "override": ["a cat"]}, "redaction set is empty"),
+    ({}, {"forget": ["a cat"], "override": []}, "needs a reference"),
+    ({}, {"forget": ["a cat"], "override": ["a cat"]}, "is itself redacted"),
+    ({"replace": {"cat": "dog"}}, {"forget": ["a cat"], "override": ["a cat sitting"]}, "contains a redacted keyword"),
+    ({"variant": "half"}, {"forget": ["a cat"], "override": ["a dog"]}, "variant must be"),
+])
+def test_bad_input(tiny_sd_pipeline, kwargs, fit, message):
+    pipe = load_model(str(tiny_sd_pipeline))
+    with pytest.raises(GuardgenError, match=message):
+        Redaction(iterations=1, **kwargs).fit(pipe, **fit)
+
+
+def test_registered():
+    assert UNLEARN.get("redaction") is Redaction
+
+
+def test_cli_redact_a_class_model(tmp_path, tiny_class_pipeline):
+    runner = CliRunner()
+    out = tmp_path / "red"
+    result = runner.invoke(app, ["unlearn", "redact", "--model", str(tiny_class_pipeline), "--prompts", "3",
+                                 "--reference", "5", "--no-evaluate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "redaction" and run["redacted"] == [3] and run["reference"] == [5]
+    assert torch.equal(load_model(str(out)).unet.class_embedding.weight[3], load_model(str(tiny_class_pipeline)).unet.class_embedding.weight[5])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompts", "3", "--reference", "3"], "equals the forgotten concept"),
+    (["--prompts", "3", "--reference", "5", "--replace", "seven"], "expected KEY=VALUE"),
+])
+def test_cli_bad_input(tmp_path, tiny_class_pipeline, args, message):
+    result = CliRunner().invoke(app, ["unlearn", "redact", "--model", str(tiny_class_pipeline), *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and message in result.output, result.output
