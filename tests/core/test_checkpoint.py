@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from guardgen.checkpoint import (atomic_path, load_checkpoint, load_json, load_safetensors, load_state_dict,
+from guardgen.checkpoint import (atomic_dir, atomic_path, load_checkpoint, load_json, load_safetensors, load_state_dict,
                                  load_training_state, save_checkpoint, save_json, save_safetensors,
                                  save_training_state)
 from guardgen.errors import GuardgenError
@@ -96,3 +96,15 @@ def test_training_state_resumes_exactly(tmp_path):
     assert step == 3
     run(model2, opt2, 4)
     assert torch.allclose(model2.weight, straight)
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_json({"a": 1}, tmp_path / "x.json")
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "f").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
