@@ -21,7 +21,7 @@ app.add_typer(detect.app, name="detect", help="AIGC image detectors: train, eval
 app.add_typer(attack.app, name="attack", help="Attacks that stress unlearning and detectors.")
 app.add_typer(attribute.app, name="attribute", help="Open-world attribution of images to generators.")
 app.add_typer(copyright.app, name="copyright", help="Near access-freeness: shards, CP-k sampling, bounds.")
-app.add_typer(audit.app, name="audit", help="Audit report on a checkpoint (JSON, HTML, Markdown).")
+app.command("audit", help="Audit report on a checkpoint (JSON, HTML, Markdown).", no_args_is_help=True)(audit.audit)
 
 
 @app.command()

@@ -82,6 +82,9 @@ def concept(
         params["iterations" if method != "retrain" else "steps"] = iterations
     if override_mode:
         params["override"] = override_mode
+    elif method == "sfd" and not plan["override"] and "override" not in params:
+        params["override"] = "random"
+        console.print("No --override: each forgotten condition is mapped to a random retained one (--override-mode random).")
     if method == "retrain":
         params.pop("iterations", None)
         params["zoo_name"] = model[4:] if ref.source == "zoo" else ""

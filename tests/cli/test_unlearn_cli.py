@@ -40,6 +40,15 @@ def test_unlearn_concept_without_evaluation_on_a_folder(tmp_path, tiny_class_pip
     assert json.loads((tmp_path / "esd" / "run.json").read_text())["method"] == "esd"
 
 
+def test_sfd_without_override_maps_to_random_retained_classes(tmp_path, tiny_class_pipeline):
+    out = tmp_path / "sfd"
+    result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 3, "--iterations", 1,
+                    "--no-evaluate", "--out", out, "--set", "batch_size=4")
+    assert result.exit_code == 0, result.output
+    assert "random retained" in result.output
+    assert json.loads((out / "run.json").read_text())["hyperparameters"]["override"] == "random"
+
+
 @pytest.mark.parametrize("args,message", [
     (("--forget", 12, "--override", 1), "unknown class '12'"),
     (("--forget", 7, "--override", 7), "equals the forgotten concept"),

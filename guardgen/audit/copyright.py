@@ -1,0 +1,49 @@
+"""Section 6, copyright: near access-freeness of the model against shard models (Vyas et al. 2023).
+
+The numbers come from ``guardgen.copyright`` (issue 7). The coupling is one call, kept thin on purpose:
+
+    guardgen.copyright.audit_naf(model, shards, *, conditions, samples, seed) -> dict
+
+with ``model`` the audited pipeline, ``shards`` the loaded shard pipelines, and a dict holding at least
+``k_values`` (per-prompt k_x, bits), ``k_threshold``, ``acceptance`` (CP-k acceptance rate nu_k) and
+``effective_k`` (k + log2(1 / nu_k)). Where the module or the call is missing, the section says so.
+"""
+
+from __future__ import annotations
+
+from guardgen.audit._base import Section, not_run
+
+__all__ = ["copyright_section"]
+
+LIMITATIONS = [
+    "k is estimated with a per-denoising-step Gaussian likelihood proxy, not exact likelihoods.",
+    "NAF bounds extra probability due to access relative to shard models; it is not a legal test of infringement "
+    "(Elkin-Koren et al. 2024), and NAF models can still be 'tainted' (Cohen 2025).",
+    "The guarantee holds only if every protected work and its near-duplicates sit in exactly one shard.",
+]
+
+
+def copyright_section(subject, shard_specs: list, conditions: list, *, config) -> Section:
+    if not shard_specs:
+        return not_run("copyright", "no shard models given (--shards SPEC SPEC)", LIMITATIONS)
+    try:
+        import guardgen.copyright as naf
+    except ImportError as err:
+        return not_run("copyright", f"guardgen.copyright is not available here ({err}); it lands with issue 7", LIMITATIONS)
+    fn = getattr(naf, "audit_naf", None)
+    if fn is None:
+        return not_run("copyright", "guardgen.copyright has no audit_naf(model, shards, ...) entry point yet", LIMITATIONS)
+    from guardgen.audit.subject import load_subject
+
+    import inspect
+
+    shards = [load_subject(s).model for s in shard_specs]
+    extra = {"num_inference_steps": config.num_inference_steps} if "num_inference_steps" in inspect.signature(fn).parameters else {}
+    result = fn(subject.model, shards, conditions=conditions, samples=config.copyright_samples, seed=config.seed, **extra)
+    figures = {k: v for k, v in dict(result).items() if k != "k_values"}
+    ks = [float(k) for k in result.get("k_values", [])]
+    if ks:
+        figures.update({"k_median": sorted(ks)[len(ks) // 2], "k_max": max(ks), "prompts": len(ks)})
+    plots = {"k": {"kind": "hist", "series": {"k_x (bits)": ks}, "xlabel": "k_x (bits)", "ylabel": "share",
+                   "threshold": result.get("k_threshold")}} if ks else {}
+    return Section(name="copyright", figures=figures, plots=plots, limitations=LIMITATIONS)
