@@ -39,8 +39,11 @@ def ensure_chromium() -> tuple[str | None, str]:
         return None, "chromium is not installed and apt-get is not available"
     if os.geteuid() != 0:
         return None, "chromium is not installed and installing it needs root (apt-get install -y chromium)"
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
     try:
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], capture_output=True, timeout=600, check=True)
+        if subprocess.run(install, capture_output=True, timeout=600).returncode != 0:  # a fresh machine: no package lists yet
+            subprocess.run(["apt-get", "update"], capture_output=True, timeout=300, check=True)
+            subprocess.run(install, capture_output=True, timeout=600, check=True)
     except (subprocess.SubprocessError, OSError) as err:
         return None, f"chromium is not installed and apt-get install chromium failed ({err.__class__.__name__})"
     path = find_chromium()
