@@ -24,7 +24,7 @@ from guardgen.data.transforms import to_model_range
 from guardgen.utils import Callback, make_accelerator, seed_everything
 from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
 
-__all__ = ["DDPMConfig", "build_ddpm", "evaluate_class_conditional"]
+__all__ = ["DDPMConfig", "build_ddpm", "evaluate_class_conditional", "train_class_conditional"]
 
 
 @dataclass(kw_only=True)
@@ -48,27 +48,19 @@ class DDPMConfig:
     eval_samples_per_class: int = 50
 
 
-def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, callback: Callback | None = None,
-               oracle=None, data=None) -> dict:
-    """Train the class-conditional DDPM and save it as a pipeline folder at ``out``; returns its metrics.
+def train_class_conditional(unet, noise_scheduler, train, config, out: Path, *, resume: bool = False,
+                            callback: Callback | None = None):
+    """The zoo's eps-prediction training loop for a class-conditional ``UNet2DModel`` (label dropout to the null class 10).
 
-    ``data``: an ``ImageSet`` to train on instead of the MNIST train split (e.g. one shard of a dataset,
-    ``guardgen.copyright``); its images must be (N, 1, resolution, resolution) in [0, 1], labels in 0..9.
+    ``train``: an ``ImageSet`` (N, 1, H, W) in [0, 1]; ``config`` carries steps, batch_size, lr, warmup,
+    ema_decay, label_dropout, num_train_timesteps, seed, device, mixed_precision and checkpoint_every.
+    Checkpoints (weights, EMA, optimiser) go to ``out/training_state`` so ``resume`` continues exactly.
+    Returns the EMA ``unet`` on the CPU in eval mode, the training seconds and the accelerator.
     """
-    from diffusers import DDIMScheduler, DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from guardgen.models.diffusion import class_conditional_unet, save_pipeline
-    from guardgen.models.pipelines import ClassConditionalPipeline
-
-    out = Path(out)
     acc = make_accelerator(config.device, config.mixed_precision)
-    seed_everything(config.seed)
-    train = load_mnist("train", config.resolution, exclude=config.exclude) if data is None else data.exclude(config.exclude)
     x0_all = to_model_range(train.images)
-    unet = class_conditional_unet(resolution=config.resolution, block_out_channels=config.block_out_channels,
-                                  layers_per_block=config.layers_per_block)
-    noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     unet, opt = acc.prepare(unet, opt)
@@ -123,7 +115,28 @@ def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, cal
     acc.wait_for_everyone()
     final = acc.unwrap_model(unet)
     ema.copy_to(final.parameters())
-    final.eval().cpu()
+    return final.eval().cpu(), train_seconds, acc
+
+
+def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, callback: Callback | None = None,
+               oracle=None, data=None) -> dict:
+    """Train the class-conditional DDPM and save it as a pipeline folder at ``out``; returns its metrics.
+
+    ``data``: an ``ImageSet`` to train on instead of the MNIST train split (e.g. one shard of a dataset,
+    ``guardgen.copyright``); its images must be (N, 1, resolution, resolution) in [0, 1], labels in 0..9.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from guardgen.models.diffusion import class_conditional_unet, save_pipeline
+    from guardgen.models.pipelines import ClassConditionalPipeline
+
+    out = Path(out)
+    seed_everything(config.seed)
+    train = load_mnist("train", config.resolution, exclude=config.exclude) if data is None else data.exclude(config.exclude)
+    unet = class_conditional_unet(resolution=config.resolution, block_out_channels=config.block_out_channels,
+                                  layers_per_block=config.layers_per_block)
+    noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
+    final, train_seconds, acc = train_class_conditional(unet, noise_scheduler, train, config, out, resume=resume, callback=callback)
     sampler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=True)
     pipe = ClassConditionalPipeline(unet=final, scheduler=sampler, num_classes=10)
     pipe.set_progress_bar_config(disable=True)
