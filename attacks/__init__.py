@@ -10,4 +10,4 @@ ATTACKS = Registry("attack")
 
 __all__ = ["ATTACKS"]
 
-from attacks import on_manifold, pgd, prompt_search, worst_case_forget  # noqa: E402,F401  (registers the attacks)
+from attacks import latent_evasion, on_manifold, pgd, prompt_search, worst_case_forget  # noqa: E402,F401  (registers the attacks)

@@ -11,6 +11,11 @@ choices; the paper's mixing ratio could not be confirmed):
 3. the detector is warm-started and trained on real vs (fakes + pool) in rounds of ``refresh_every``
    epochs; before each later round, ``refresh_size`` new latents are attacked against the *current*
    detector and added to the pool (``refresh_every = 0``: offline pool only).
+
+Latent attacks as well (our extension, issue 9): with ``gans`` (GAN generators) passed to ``fit``, part of every
+pool comes from ``attacks.latent_evasion`` searches of their latent spaces against the same detector
+(hyperparameters in ``latent_attack``); with ``pipe=None`` the pools are latent attacks only. Each attack round
+splits its images evenly over the sources (the diffusion pipeline first, then each GAN).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from attacks.latent_evasion import LatentEvasion
 from attacks.on_manifold import OnManifoldAttack
 from detectors import DETECTORS
 from detectors.detector import Detector
@@ -50,6 +56,7 @@ class OMAT:
 
     detector: dict = field(default_factory=dict)  # Detector hyperparameters (backbone, mode, epochs of the base, ...)
     attack: dict = field(default_factory=dict)  # OnManifoldAttack hyperparameters used to build the pool
+    latent_attack: dict = field(default_factory=dict)  # LatentEvasion hyperparameters for the GANs passed to fit
     epochs: int = 6  # adversarial-training epochs (after the base detector)
     pool_size: int = 128  # offline pool, attacked against the base detector
     refresh_every: int = 2  # epochs between pool refreshes against the current detector (0: offline only)
@@ -65,30 +72,48 @@ class OMAT:
         if self.pool_size < 0 or self.refresh_size < 0 or self.epochs < 0 or self.refresh_every < 0 or self.pool_repeat < 1:
             raise GuardgenError("omat: pool_size, refresh_size, epochs, refresh_every >= 0 and pool_repeat >= 1 are needed")
 
-    def _attack(self, pipe, detector: Detector, n: int, seed: int, callback, stage: str):
-        attack = OnManifoldAttack(**{**self.attack, "seed": seed})
-        conds = generator_conditions(pipe, n, seed=seed)
+    def _attack(self, sources: list, detector: Detector, n: int, seed: int, callback, stage: str):
+        """``n`` adversarial fakes against ``detector``, split evenly over ``sources`` [("pipe" | "gan i", model)]."""
         cb = None if callback is None else (lambda s, logs: callback(s, {**logs, "stage": stage}))
-        res = attack.attack(pipe, detector.as_module(), conds, callback=cb)
-        images = res.images if self.keep == "all" else res.images[res.success]
-        self.attack_log_.append({"stage": stage, **res.summary()})
-        return images
+        out = []
+        for i, (kind, model) in enumerate(sources):
+            m = n // len(sources) + (i < n % len(sources))
+            if m == 0:
+                continue
+            if kind == "pipe":
+                attack = OnManifoldAttack(**{**self.attack, "seed": seed})
+                res = attack.attack(model, detector.as_module(), generator_conditions(model, m, seed=seed), callback=cb)
+                images, success, summary = res.images, res.success, res.summary()
+            else:
+                attack = LatentEvasion(**{"threshold": detector.threshold, **self.latent_attack, "seed": seed + i})
+                res = attack.attack(model, [detector], m, callback=cb)
+                images, success = res.images, res.success.all(1)
+                summary = {"n": m, "success_rate": float(success.float().mean()), "mean_drift": float(res.drift.mean()),
+                           "seconds": round(res.seconds, 2)}
+            out.append(images if self.keep == "all" else images[success])
+            self.attack_log_.append({"stage": stage, "source": kind, **summary})
+        return torch.cat(out) if out else torch.empty(0, *_detector_shape(detector))
 
-    def fit(self, real: torch.Tensor, fake: torch.Tensor, *, pipe, base: Detector | None = None,
+    def fit(self, real: torch.Tensor, fake: torch.Tensor, *, pipe=None, gans=(), base: Detector | None = None,
             callback: Callback | None = None) -> "OMAT":
-        """real, fake: (N, C, H, W) in [0, 1]; ``pipe`` the diffusers pipeline that made ``fake`` (its z_T is attacked).
+        """real, fake: (N, C, H, W) in [0, 1]; ``pipe`` the diffusers pipeline that made ``fake`` (its z_T is attacked);
+        ``gans``: GAN generators whose latent spaces are attacked as well (``attacks.latent_evasion``).
 
         ``base`` is a trained standard detector to start from (else one is trained with ``detector``).
         """
         self._validate_params()
+        from attacks.latent_spaces import latent_space
         from attacks.on_manifold import _needs_diffusion
 
-        _needs_diffusion(pipe)
+        gans = list(gans or [])
+        if pipe is not None or not gans:
+            _needs_diffusion(pipe)
+        sources = ([("pipe", pipe)] if pipe is not None else []) + [(f"gan {i}", latent_space(g)) for i, g in enumerate(gans)]
         self.attack_log_, t0 = [], time.perf_counter()
         if base is None:
             base = Detector(**{**self.detector, "seed": self.seed}).fit(real, fake, callback=_stage(callback, "base"))
         self.base_ = base
-        pool = self._attack(pipe, base, self.pool_size, self.seed + 1_000, callback, "offline pool")
+        pool = self._attack(sources, base, self.pool_size, self.seed + 1_000, callback, "offline pool")
         det = base.clone()
         det.warm_start = True
         det.lr = self.lr or det.lr
@@ -96,7 +121,7 @@ class OMAT:
         done, round_ = 0, 0
         while done < self.epochs:
             if round_ > 0 and self.refresh_size > 0:
-                new = self._attack(pipe, det, self.refresh_size, self.seed + 2_000 + round_, callback, f"refresh {round_}")
+                new = self._attack(sources, det, self.refresh_size, self.seed + 2_000 + round_, callback, f"refresh {round_}")
                 pool = torch.cat([pool, new])
             det.epochs = min(det.epochs, self.epochs - done)
             fakes = torch.cat([fake] + [pool] * self.pool_repeat) if len(pool) else fake
@@ -119,6 +144,10 @@ class OMAT:
         info = {"omat": {**asdict(self), "pool": len(self.pool_), "attack_log": self.attack_log_,
                          "train_seconds": self.train_seconds_}}
         return self.detector_.save_pretrained(folder, extra={**info, **(extra or {})})
+
+
+def _detector_shape(detector: Detector) -> tuple[int, int, int]:
+    return (detector.in_chans, detector.input_size, detector.input_size)
 
 
 def _stage(callback, stage: str):

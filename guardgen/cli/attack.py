@@ -7,19 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import console, err_console, guarded, parse_sets, progress_callback, results_table
 
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True)
 
-PLANNED = "issue 4 (on-manifold), issue 6 (`guardgen attack worst-case-forget`), issue 9 (`guardgen attack evade`)"
+PLANNED = "issue 4 (on-manifold: `guardgen detect attack`), issue 6 (`guardgen attack worst-case-forget`), issue 9 (`guardgen attack evade`)"
 
 
 @app.command("status")
 def status() -> None:
-    """Say what this group holds now and what lands here next."""
-    console.print(f"[bold]guardgen attack[/]: not built yet; lands with {PLANNED}.")
+    """Say what this group holds now."""
+    console.print(f"[bold]guardgen attack[/]: commands from {PLANNED}.")
 
 
 # -- worst-case forget sets (issue 6) ------------------------------------------------------------------
@@ -138,3 +138,127 @@ def worst_case_forget(
     title = f"worst-case forget set ({'easiest' if reverse else 'hardest'}, {mode}-wise, m={size}, {method})"
     console.print(results_table(title, rows))
     console.print(f"indices: {out / 'indices.json'}  gallery: {out / 'gallery.png'}  metrics: {out / 'metrics.json'}")
+
+
+# -- latent evasion of forensic detectors (issue 9) ---------------------------------------------------
+
+P_MODELS, P_GUIDE, P_BUDGET, P_OUT = "Models", "Attribute guidance", "Budget", "Output"
+
+
+def _evade_generator(spec: str):
+    from attacks.latent_spaces import latent_space
+    from guardgen.errors import GuardgenError
+    from guardgen.models import load_model, resolve
+
+    kind = resolve(spec).kind
+    if kind in ("pipeline", "diffusion-model"):
+        raise GuardgenError(f"{spec}: a diffusion model has no differentiable GAN latent path here; attack its initial "
+                            "noise with `guardgen detect attack` (on-manifold), or pass a GAN")
+    if kind != "gan":
+        raise GuardgenError(f"{spec}: holds a {kind}, not a generator; no differentiable latent path to search "
+                            "(pass a GAN: zoo:mnist-gan or a GAN folder)")
+    return latent_space(load_model(spec))
+
+
+def _evade_classifier(spec: str):
+    """(classifier, class names, input size) for an attribute classifier spec."""
+    from guardgen.checkpoint import load_json
+    from guardgen.models import load_model, resolve
+
+    net = load_model(spec, kind="classifier")
+    config = load_json(resolve(spec).path / "config.json")
+    k = int(getattr(net, "num_classes", 0) or config.get("num_classes") or 0)
+    names = list(config.get("class_names") or [str(i) for i in range(k)])
+    size = (config.get("input") or {}).get("resolution")
+    return net, names, size
+
+
+@app.command("evade")
+@guarded
+def evade(
+    generator: Annotated[str, typer.Option(help="GAN spec (zoo:mnist-gan or a GAN folder); its latent space is searched.", rich_help_panel=P_MODELS)],
+    detector: Annotated[list[str], typer.Option(help="White-box detector folder (repeatable; the first is the single-mode target).", rich_help_panel=P_MODELS)],
+    black_box: Annotated[list[str], typer.Option(help="Held-out detector folder: scored, never attacked (repeatable).", rich_help_panel=P_MODELS)] = [],
+    mode: Annotated[str, typer.Option(help="single (first detector), ensemble (mean loss) or meta (MAML-style virtual steps).", rich_help_panel=P_MODELS)] = "ensemble",
+    attribute: Annotated[Optional[str], typer.Option(help="Attribute to keep, a class of --classifier: \"digit 4\", \"4\" (unset: each image keeps its own class).", rich_help_panel=P_GUIDE)] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Reference image: images stay close to it in the classifier's feature space.", rich_help_panel=P_GUIDE)] = None,
+    classifier: Annotated[str, typer.Option(help="Attribute classifier spec.", rich_help_panel=P_GUIDE)] = "zoo:mnist-oracle",
+    attribute_weight: Annotated[float, typer.Option(rich_help_panel=P_GUIDE)] = 1.0,
+    reg_weight: Annotated[float, typer.Option(help="Latent regulariser: weight of ||c - c0||^2.", rich_help_panel=P_GUIDE)] = 1.0,
+    layers: Annotated[str, typer.Option(help="Layer mask over W+ rows: 0-3, coarse, medium, fine (\"\": all).", rich_help_panel=P_GUIDE)] = "",
+    n: Annotated[int, typer.Option(help="Images to generate and attack.", rich_help_panel=P_BUDGET)] = 32,
+    steps: Annotated[int, typer.Option(help="Adam steps on the latent codes.", rich_help_panel=P_BUDGET)] = 60,
+    lr: Annotated[float, typer.Option(rich_help_panel=P_BUDGET)] = 0.05,
+    inner_lr: Annotated[float, typer.Option(help="Meta mode: virtual-step size.", rich_help_panel=P_BUDGET)] = 0.1,
+    candidates: Annotated[int, typer.Option(help="Start from the best of k random codes for the attribute.", rich_help_panel=P_BUDGET)] = 32,
+    out: Annotated[Path, typer.Option(help="Run folder: gallery.png (before/after), adversarial/, results.json.", rich_help_panel=P_OUT)] = Path("runs/evade"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Latent evasion: search a GAN's latent space for images the detectors call real, keeping an attribute."""
+    import torch
+
+    from attacks.latent_evasion import LatentEvasion, detector_scores, detector_views, parse_attribute
+    from detectors.detector import Detector
+    from guardgen.checkpoint import save_json
+    from guardgen.data import save_grid
+    from guardgen.data.folders import read_image
+    from guardgen.data.generated import write_image_set
+    from guardgen.errors import GuardgenError
+
+    if attribute is not None and reference is not None:
+        raise GuardgenError("pass --attribute or --reference, not both")
+    runner = LatentEvasion(mode=mode, steps=steps, lr=lr, inner_lr=inner_lr, candidates=candidates, layers=layers,
+                           attribute_weight=attribute_weight, reg_weight=reg_weight, seed=seed)
+    runner._validate_params()
+    space = _evade_generator(generator)
+    clf, names, size = _evade_classifier(classifier)
+    target = parse_attribute(attribute, names) if attribute is not None else None
+    ref = None
+    if reference is not None:
+        if not reference.is_file():
+            raise GuardgenError(f"{reference}: no such image file")
+        try:
+            ref = read_image(reference)
+        except Exception:  # noqa: BLE001 - one line, whatever Pillow says
+            raise GuardgenError(f"{reference}: not a readable image") from None
+    white = [Detector.from_pretrained(p) for p in detector]
+    black = [Detector.from_pretrained(p) for p in black_box]
+    with progress_callback(f"latent evasion ({mode})", keys=("loss", "success_rate")) as cb:
+        res = runner.attack(space, white, n, classifier=clf, target=target, reference=ref, classifier_size=size,
+                            names=[str(p) for p in detector], callback=cb)
+    shape = tuple(res.images.shape[1:])
+    bviews, bnotes = detector_views(black, shape, [str(p) for p in black_box])
+    wviews, _ = detector_views(white, shape, [str(p) for p in detector])
+    for note in res.notes + bnotes:
+        err_console.print(f"[yellow]note[/]: {note}")
+    rows, per = [], {}
+    for role, views in (("white-box", wviews), ("black-box", bviews)):
+        if not views:
+            continue
+        before, after = detector_scores(views, res.clean), detector_scores(views, res.images)
+        for j, v in enumerate(views):
+            label = role if role == "black-box" or mode != "single" or j == 0 else "white-box, not attacked (single mode)"
+            r = {"detector": v.name, "role": label, "success_before": float((before[:, j] < v.threshold).float().mean()),
+                 "success": float((after[:, j] < v.threshold).float().mean()), "p_fake_before": float(before[:, j].mean()),
+                 "p_fake_after": float(after[:, j].mean())}
+            per[v.name if v.name not in per else f"{v.name} ({role})"] = r
+            rows.append(r)
+    summary = res.summary()
+    fidelity = summary.get("attribute_fidelity")
+    results = {"generator": generator, "latent_space": space.name, "mode": mode, "classifier": classifier,
+               "attribute": attribute, "target_class": target, "reference": str(reference) if reference else None,
+               "detectors": per, "attribute_fidelity": fidelity, "attribute_fidelity_before": summary.get("attribute_fidelity_before"),
+               "feature_distance": summary.get("feature_distance"), "mean_drift": summary["mean_drift"],
+               "seconds": summary["seconds"], "notes": res.notes + bnotes, "config": runner.config(),
+               "targets": None if res.targets is None else res.targets.tolist(), "kept_step": res.kept_step.tolist()}
+    k = min(n, 16)
+    pairs = torch.cat([torch.cat([res.clean[i:i + k], res.images[i:i + k]]) for i in range(0, n, k)])
+    save_grid(pairs, out / "gallery.png", nrow=k)
+    write_image_set(res.images, out / "adversarial")
+    save_json(results, out / "results.json")
+    console.print(results_table(f"latent evasion of {generator} ({space.name}, {mode}, {steps} steps, n={n})", rows))
+    extra = f"attribute fidelity {fidelity:.3f} (before {summary['attribute_fidelity_before']:.3f})" if fidelity is not None else ""
+    if summary.get("feature_distance") is not None:
+        extra += f"; feature distance to the reference {summary['feature_distance']:.3f}"
+    console.print(f"{extra}; mean latent drift {summary['mean_drift']:.3f}")
+    console.print(f"gallery: {out / 'gallery.png'} (rows: before, after)  results: {out / 'results.json'}")

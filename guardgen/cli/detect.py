@@ -132,7 +132,8 @@ def train(
     lr: Annotated[float, typer.Option(rich_help_panel=P_MODEL)] = 2e-3,
     model_arg: Annotated[list[str], typer.Option(help="Extra timm kwargs KEY=VALUE, e.g. patch_size=4 (repeatable).", rich_help_panel=P_MODEL)] = [],
     omat: Annotated[bool, typer.Option("--omat", help="On-manifold adversarial training (OMAT).", rich_help_panel=P_OMAT)] = False,
-    generator: Annotated[str, typer.Option(help="Diffusion generator whose z_T is attacked [default: the first --fake].", rich_help_panel=P_OMAT)] = "",
+    generator: Annotated[str, typer.Option(help="Diffusion generator whose z_T is attacked [default: the first --fake]; a GAN: its latent space is attacked instead.", rich_help_panel=P_OMAT)] = "",
+    latent_generator: Annotated[list[str], typer.Option(help="GAN whose latent space is attacked as well (latent evasion; repeatable).", rich_help_panel=P_OMAT)] = [],
     pool_size: Annotated[int, typer.Option(help="Offline pool of adversarial fakes.", rich_help_panel=P_OMAT)] = 128,
     refresh_every: Annotated[int, typer.Option(help="Epochs between pool refreshes (0: offline pool only).", rich_help_panel=P_OMAT)] = 2,
     refresh_size: Annotated[int, typer.Option(help="Adversarial fakes added per refresh.", rich_help_panel=P_OMAT)] = 32,
@@ -174,14 +175,21 @@ def train(
     if omat:
         gen_spec = generator or fake[0]
         gen = _generator(gen_spec)
-        if gen is None or gen[0] != "pipeline":
-            raise GuardgenError(f"{gen_spec}: OMAT attacks a diffusion model's initial noise; pass --generator with a "
-                                "diffusion pipeline (e.g. zoo:mnist-ddpm), not a GAN or an image folder")
+        gans = []
+        for spec in latent_generator + ([gen_spec] if gen is not None and gen[0] == "gan" else []):
+            g = _generator(spec)
+            if g is None or g[0] != "gan":
+                raise GuardgenError(f"{spec}: --latent-generator takes a GAN (zoo:mnist-gan or a GAN folder)")
+            gans.append(g[1][0])
+        if gen is None or gen[0] not in ("pipeline", "gan"):
+            raise GuardgenError(f"{gen_spec}: OMAT attacks a diffusion model's initial noise or a GAN's latent space; pass "
+                                "--generator with a diffusion pipeline (zoo:mnist-ddpm) or a GAN (zoo:mnist-gan), not an image folder")
         runner = OMAT(detector=params, epochs=omat_epochs, pool_size=pool_size, refresh_every=refresh_every,
                       refresh_size=refresh_size, seed=seed,
-                      attack={"steps": attack_steps, "lr": attack_lr, "num_inference_steps": sample_steps})
+                      attack={"steps": attack_steps, "lr": attack_lr, "num_inference_steps": sample_steps},
+                      latent_attack={"steps": attack_steps, "lr": attack_lr})
         with progress_callback("omat", keys=("loss", "success_rate")) as cb:
-            runner.fit(real_tr, fake_tr, pipe=gen[1], base=det, callback=cb)
+            runner.fit(real_tr, fake_tr, pipe=gen[1] if gen[0] == "pipeline" else None, gans=gans, base=det, callback=cb)
         final = runner.detector_
     else:
         final = det
