@@ -121,6 +121,7 @@ class Detector:
         mean = tuple(self.mean) * (self.in_chans // len(self.mean)) if len(self.mean) == 1 else tuple(self.mean)
         std = tuple(self.std) * (self.in_chans // len(self.std)) if len(self.std) == 1 else tuple(self.std)
         net = _create_backbone(self.backbone, self.model_args, self.input_size, self.in_chans)
+        _check_runs_at(net, self.backbone, self.input_size, self.in_chans)
         if self.pretrained_file:
             _load_backbone_weights(net, self.pretrained_file)
         self.module_ = DetectorModule(net, input_size=self.input_size, in_chans=self.in_chans, mean=mean, std=std,
@@ -334,6 +335,20 @@ def _create_backbone(name: str, model_args: dict, input_size: int, in_chans: int
         return create_classifier(name, img_size=input_size, **args)  # ViTs and other fixed-size models
     except TypeError:
         return create_classifier(name, **args)
+
+
+def _check_runs_at(net: nn.Module, name: str, size: int, in_chans: int) -> None:
+    """One forward pass on zeros (2, in_chans, size, size): a backbone too deep for small images fails here, in one line."""
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(2, in_chans, size, size))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise GuardgenError(f"backbone {name!r} cannot run on {size}x{size} images ({first}); "
+                            f"train it at a larger --input-size (e.g. 32 or 224)") from None
+    finally:
+        net.train()
 
 
 def _load_backbone_weights(net: nn.Module, path: str) -> None:

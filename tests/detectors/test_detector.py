@@ -103,3 +103,10 @@ def test_bad_inputs():
         tiny().predict_proba(real)
     with pytest.raises(GuardgenError, match="not a detector folder"):
         Detector.from_pretrained("/nonexistent-folder")
+
+
+def test_backbone_too_deep_for_the_input_size_is_one_line_error():
+    real, fake = torch.zeros(4, 1, 16, 16), torch.ones(4, 1, 16, 16)
+    with pytest.raises(GuardgenError, match="cannot run on 16x16 images.*--input-size"):
+        Detector(backbone="test_convnext", epochs=1).fit(real, fake)
+    Detector(backbone="test_convnext", epochs=1, input_size=32, batch_size=4).fit(real, fake)  # resized: it runs
