@@ -5,6 +5,8 @@ import json
 from guardgen.audit import SCHEMA, SCHEMA_VERSION
 from guardgen.audit._base import ORDER
 
+HOSTILE = "<script>alert(1)</script>"  # the concept name the shared report (conftest.zoo_report) is built with
+
 
 def test_report_has_schema_sections_and_verdicts(zoo_report):
     out, report, output = zoo_report
@@ -62,8 +64,6 @@ def test_json_is_strict_and_reproducible_settings(zoo_report):
 
 
 def test_user_text_is_escaped_everywhere(zoo_report):
-    from conftest import HOSTILE
-
     out, report, _ = zoo_report
     assert report["inputs"]["concepts"][0] == HOSTILE  # kept verbatim in the JSON
     html = (out / "report.html").read_text()
