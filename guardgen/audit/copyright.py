@@ -1,6 +1,6 @@
 """Section 6, copyright: near access-freeness of the model against shard models (Vyas et al. 2023).
 
-The numbers come from ``guardgen.copyright`` (issue 7). The coupling is one call, kept thin on purpose:
+The numbers come from ``guardgen.copyright``. The coupling is one call, kept thin on purpose:
 
     guardgen.copyright.audit_naf(model, shards, *, conditions, samples, seed) -> dict
 
@@ -10,6 +10,9 @@ with ``model`` the audited pipeline, ``shards`` the loaded shard pipelines, and 
 """
 
 from __future__ import annotations
+
+import importlib
+import inspect
 
 from guardgen.audit._base import Section, not_run
 
@@ -27,15 +30,13 @@ def copyright_section(subject, shard_specs: list, conditions: list, *, config) -
     if not shard_specs:
         return not_run("copyright", "no shard models given (--shards SPEC SPEC)", LIMITATIONS)
     try:
-        import guardgen.copyright as naf
+        naf = importlib.import_module("guardgen.copyright")
     except ImportError as err:
-        return not_run("copyright", f"guardgen.copyright is not available here ({err}); it lands with issue 7", LIMITATIONS)
+        return not_run("copyright", f"guardgen.copyright is not available here ({err})", LIMITATIONS)
     fn = getattr(naf, "audit_naf", None)
     if fn is None:
         return not_run("copyright", "guardgen.copyright has no audit_naf(model, shards, ...) entry point yet", LIMITATIONS)
     from guardgen.audit.subject import load_subject
-
-    import inspect
 
     shards = [load_subject(s).model for s in shard_specs]
     extra = {"num_inference_steps": config.num_inference_steps} if "num_inference_steps" in inspect.signature(fn).parameters else {}
