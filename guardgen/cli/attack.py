@@ -1,4 +1,8 @@
-"""`guardgen attack`: Attacks. Commands land with issue 4 and later issues."""
+"""`guardgen attack`: attacks that stress unlearning and detectors.
+
+``worst-case-forget`` searches the forget set hardest to unlearn; ``evade`` searches a GAN's latent space for
+images detectors call real. The on-manifold attack on diffusion models is ``guardgen detect attack``.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,6 @@ from guardgen.cli._common import console, err_console, guarded, parse_sets, prog
 __all__ = ["app"]
 
 app = typer.Typer(no_args_is_help=True)
-
-PLANNED = "issue 4 (on-manifold: `guardgen detect attack`), issue 6 (`guardgen attack worst-case-forget`), issue 9 (`guardgen attack evade`)"
-
-
-@app.command("status")
-def status() -> None:
-    """Say what this group holds now."""
-    console.print(f"[bold]guardgen attack[/]: commands from {PLANNED}.")
-
 
 # -- worst-case forget sets (issue 6) ------------------------------------------------------------------
 
