@@ -49,7 +49,7 @@ def run_unlearn(args, record, save) -> None:
     oracle = load_model("zoo:mnist-oracle", kind="classifier")
     forget = [args.forget_class]
     common = dict(num_samples=args.num_samples, unlearn_iterations=args.unlearn_iterations, batch_size=args.batch_size,
-                  lr_g=args.lr, lr_d=args.lr, seed=args.seed, device=args.device)
+                  lr_g=args.lr, lr_d=args.lr, feature_min_prob=args.feature_min_prob, seed=args.seed, device=args.device)
     part = record.setdefault("unlearn", {"model": "zoo:mnist-gan", "forget": forget, "settings": common,
                                          "adapt_iterations": args.adapt_iterations, "ewc_lambda": args.ewc_lambda,
                                          "gammas": {"inverse": args.gamma_inverse, "negative": args.gamma_negative,
@@ -218,6 +218,9 @@ def main() -> None:
     p.add_argument("--gamma-inverse", type=float, default=1.0)
     p.add_argument("--gamma-exponential", type=float, default=1.0)
     p.add_argument("--eval-samples", type=int, default=2000)
+    p.add_argument("--feature-min-prob", type=float, default=0.005,
+                   help="also treat samples with oracle p(forgotten) >= this as showing it (0: argmax only, the paper's "
+                        "labelling and the method's default)")
     # attribution
     p.add_argument("--train-per-source", type=int, default=4000)
     p.add_argument("--test-per-source", type=int, default=300)

@@ -1,10 +1,15 @@
-"""How SFD's quality grows with iterations, for a few hyperparameter settings (zoo:mnist-ddpm, forget 7 -> 1).
+"""How SFD's quality grows with iterations, for a few hyperparameter settings (zoo:mnist-ddpm or zoo:mnist-t2i,
+forget 7 -> 1).
 
-    python bench/sfd_sweep.py --device cuda --grid '{"lr": [1e-4, 3e-4], "ema_decay": [0, 0.99]}' --eval-at 100 200 300
+    python bench/sfd_sweep.py --device cuda --grid '{"lr": [1e-4, 3e-4], "ema_halflife": [0, 100]}' --eval-at 100 200 300
+    python bench/sfd_sweep.py --model t2i --grid '{"forget_share": [0.125, 0.25]}' --eval-at 250 350 --tag cpu-t2i
 
 Each setting is one SFD run; at each ``--eval-at`` iteration the live (EMA) one-step generator is scored by the
 zoo oracle (forget rate, retained accuracy, FD on retained classes vs real test digits, recall), and so is
-the original 50-step sampler once, at the same sample count. This is how the defaults of ``unlearn.sfd.SFD``
+the original 50-step sampler once, at the same sample count (or its figures are read from an earlier result,
+``--original-from``, when they were measured with the same seed and sample count). For the text model the
+concept is every training phrasing of the digit, as in bench/unlearn_diffusion.py, and the held-out
+paraphrases are scored too. This is how the defaults of ``unlearn.sfd.SFD``
 were chosen; it writes bench/results/sfd_sweep[-TAG].json.
 """
 
@@ -18,19 +23,23 @@ from pathlib import Path
 
 import torch
 
-from guardgen.checkpoint import save_json
+from guardgen.checkpoint import load_json, save_json
 from guardgen.data import load_mnist
 from guardgen.models import load_model
+from guardgen.models.conditioning import conditioning_for
 from guardgen.models.diffusion import sample_images
 from guardgen.utils import machine_info
+from guardgen.zoo import zoo_path
 from unlearn import UNLEARN
-from unlearn.evaluate import evaluate_concept_unlearning
+from unlearn.evaluate import concept_plan, evaluate_concept_unlearning
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["ddpm", "t2i"], default="ddpm")
+    parser.add_argument("--original-from", default="", help="JSON with the original's figures at key 'original' or parts.<model>.original")
     parser.add_argument("--grid", default='{"lr": [1e-4]}', help="JSON: SFD field (or 'lr' for both lrs) -> values")
     parser.add_argument("--eval-at", type=int, nargs="+", default=[100, 200, 300])
     parser.add_argument("--per-condition", type=int, default=200)
@@ -43,20 +52,33 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
 
-    pipe = load_model("zoo:mnist-ddpm", device="cpu")
+    pipe = load_model(f"zoo:mnist-{args.model}", device="cpu")
     oracle = load_model("zoo:mnist-oracle", kind="classifier", device="cpu")
-    forget, override = [args.forget], [args.override]
-    retain = [c for c in range(10) if c not in forget]
-    real = load_mnist("test").exclude(set(forget)).images
-    score = dict(forget={c: c for c in forget}, retain={c: c for c in retain}, per_condition=args.per_condition,
-                 real_retained=real, override_class=args.override)
+    cond = conditioning_for(pipe)
+    if cond.kind == "class":
+        plan = concept_plan(pipe, cond, forget=[args.forget], override=[args.override])
+    else:
+        words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+        plan = concept_plan(pipe, cond, forget=[f"a handwritten digit {words[args.forget]}"],
+                            override=[f"a handwritten digit {words[args.override]}"], expand=True)
+    forget, override, retain = plan["forget"], plan["override"], plan["retain"]
+    real = load_mnist("test").exclude({args.forget}).images
+    score = dict(forget=plan["forget_map"], retain=plan["retain_map"], paraphrases=plan["paraphrase_map"],
+                 per_condition=args.per_condition, real_retained=real, override_class=args.override)
+    guidance = load_json(zoo_path(f"mnist-{args.model}") / "guardgen.json")["sampling"]["guidance_scale"]
     out_path = RESULTS / f"sfd_sweep{'-' + args.tag if args.tag else ''}.json"
     result = {"args": vars(args), "machine": machine_info(), "runs": []}
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    original = evaluate_concept_unlearning(
-        lambda c: sample_images(pipe.to(device), c, num_inference_steps=50, seed=args.seed), oracle.to(device), **score)
-    pipe.to("cpu")
+    if args.original_from:
+        earlier = load_json(args.original_from)
+        original = earlier.get("original") or earlier["parts"][args.model]["original"]
+        result["original_from"] = args.original_from
+    else:
+        original = evaluate_concept_unlearning(
+            lambda c: sample_images(pipe.to(device), c, num_inference_steps=50, guidance_scale=guidance, seed=args.seed),
+            oracle.to(device), **score)
+        pipe.to("cpu")
     result["original"] = {k: v for k, v in original.items() if k != "per_condition"}
     print("original", json.dumps(result["original"]), flush=True)
 
@@ -66,7 +88,7 @@ def main() -> None:
         params = dict(setting)
         if "lr" in params:
             params["lr_fake"] = params["lr_generator"] = params.pop("lr")
-        base = {"iterations": max(args.eval_at), "batch_size": args.batch_size, "seed": args.seed,
+        base = {"iterations": max(args.eval_at), "batch_size": args.batch_size, "seed": args.seed, "teacher_guidance": guidance,
                 "device": args.device, "mixed_precision": args.mixed_precision}
         sfd = UNLEARN.create("sfd", **{**base, **params})
         run = {"setting": setting, "evals": []}

@@ -7,7 +7,7 @@ Part ddpm: zoo:mnist-ddpm, forget class --forget-class (default 7) -> --override
 Part t2i: zoo:mnist-t2i, forget "a handwritten digit <word>" (and its other training phrasings) ->
 "a handwritten digit <override word>"; held-out paraphrases measure leakage.
 Every method is scored by the zoo oracle on the same conditions and seeds. Writes
-bench/results/unlearn_diffusion[-TAG].json and prints a markdown table.
+bench/results/unlearn_diffusion[-TAG].json and .md (the markdown table it prints).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ TARGETS = {"forget_rate": "<= 0.01", "retain_accuracy": "within 0.03 of original
            "train_seconds": "<= 0.25x retrain", "samples_per_second": ">= 20x original", "paraphrase_forget_rate": "<= 0.05 (text)"}
 
 
-def run_part(name: str, spec: str, forget: list, override: list, args, work: Path, save=lambda part: None) -> dict:
+def run_part(name: str, spec: str, forget: list, override: list, args, work: Path, save=lambda part: None,
+             done: dict | None = None) -> dict:
     pipe = load_model(spec, device="cpu")
     oracle = load_model("zoo:mnist-oracle", kind="classifier", device="cpu")
     cond = conditioning_for(pipe)
@@ -46,7 +47,12 @@ def run_part(name: str, spec: str, forget: list, override: list, args, work: Pat
     }
     out = {"model": spec, "plan": {k: v for k, v in plan.items() if not k.endswith("_map")}, "methods": {}}
     original = None
+    if done:  # --resume: keep what an interrupted run of the same settings measured
+        out["methods"], original = dict(done.get("methods", {})), done.get("original")
+        out["resumed"] = sorted(out["methods"])
     for method in args.methods:
+        if method in out["methods"]:
+            continue
         runner = UNLEARN.create(method, **common, **{k: v for k, v in methods[method].items() if v is not None})
         t0, c0 = time.perf_counter(), time.process_time()
         runner.fit(pipe, forget=plan["forget"], retain=plan["retain"], override=plan["override"], oracle=oracle,
@@ -96,6 +102,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mixed-precision", default="no")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--resume", action="store_true", help="keep the methods (and original) already in the results file")
     args = parser.parse_args()
 
     from guardgen.zoo.t2i import WORDS
@@ -103,31 +110,41 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="guardgen-unlearn-"))
     report = {"machine": machine_info(), "args": vars(args), "targets": TARGETS, "parts": {}}
     path = RESULTS / f"unlearn_diffusion{('-' + args.tag) if args.tag else ''}.json"
+    if args.resume and path.is_file():
+        earlier = load_json(path)
+        report["parts"] = earlier.get("parts", {})
+        report["resumed_from_args"] = earlier.get("args")
     for name in args.models:
         def save(part, name=name):  # after every method, so a long or interrupted run keeps what it measured
             report["parts"][name] = part
             save_json(report, path)
 
         if name == "ddpm":
-            part = run_part("ddpm", "zoo:mnist-ddpm", [args.forget_class], [args.override_class], args, work, save)
+            part = run_part("ddpm", "zoo:mnist-ddpm", [args.forget_class], [args.override_class], args, work, save,
+                            done=report["parts"].get(name))
         else:
             part = run_part("t2i", "zoo:mnist-t2i", [f"a handwritten digit {WORDS[args.forget_class]}"],
-                            [f"a handwritten digit {WORDS[args.override_class]}"], args, work, save)
+                            [f"a handwritten digit {WORDS[args.override_class]}"], args, work, save,
+                            done=report["parts"].get(name))
         part["ratios"] = ratios(part)
         save(part)
 
+    lines = []
     for name, part in report["parts"].items():
         o = part["original"]
-        print(f"\n### {part['model']} (original: forget {o['forget_rate']:.3f}, retain {o['retain_accuracy']:.3f}, "
-              f"FD {o['fd_retained']:.3f}, {o['samples_per_second']:.1f} samples/s)\n")
-        print("| method | forget rate | paraphrase forget | retain acc (delta) | FD (x orig) | train s (x retrain) | samples/s (x orig) |")
-        print("|---|---|---|---|---|---|---|")
+        lines += [f"\n### {part['model']} (original: forget {o['forget_rate']:.3f}, retain {o['retain_accuracy']:.3f}, "
+                  f"FD {o['fd_retained']:.3f}, {o['samples_per_second']:.1f} samples/s; its own override samples read as "
+                  f"the forgotten class: {o.get('override_as_forgotten_rate', float('nan')):.3f})\n",
+                  "| method | forget rate | paraphrase forget | retain acc (delta) | FD (x orig) | recall | train s (x retrain) | samples/s (x orig) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for m, v in part["methods"].items():
             r = part["ratios"][m]
-            print(f"| {m} | {v['forget_rate']:.3f} | {v.get('paraphrase_forget_rate', float('nan')):.3f} | "
-                  f"{v['retain_accuracy']:.3f} ({r['retain_accuracy_minus_original']:+.3f}) | {v['fd_retained']:.3f} ({r['fd_ratio_to_original']:.2f}x) | "
-                  f"{v['train_seconds']:.0f} ({r.get('time_ratio_to_retrain', float('nan')):.2f}x) | "
-                  f"{v['samples_per_second']:.1f} ({r['throughput_ratio_to_original']:.1f}x) |")
+            lines.append(f"| {m} | {v['forget_rate']:.3f} | {v.get('paraphrase_forget_rate', float('nan')):.3f} | "
+                         f"{v['retain_accuracy']:.3f} ({r['retain_accuracy_minus_original']:+.3f}) | {v['fd_retained']:.3f} ({r['fd_ratio_to_original']:.2f}x) | "
+                         f"{v.get('recall_retained', float('nan')):.3f} | {v['train_seconds']:.0f} ({r.get('time_ratio_to_retrain', float('nan')):.2f}x) | "
+                         f"{v['samples_per_second']:.1f} ({r['throughput_ratio_to_original']:.1f}x) |")
+    print("\n".join(lines))
+    path.with_suffix(".md").write_text("# Concept unlearning on the zoo (one run, same seeds)\n" + "\n".join(lines) + "\n")
     print(f"\nwrote {path}")
 
 

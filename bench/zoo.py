@@ -10,7 +10,6 @@ Writes bench/results/zoo[-TAG].json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -105,7 +104,7 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = save_json(report, RESULTS / f"zoo{('-' + args.tag) if args.tag else ''}.json")
-    print(f"| model | params | build s | quality | target |\n|---|---|---|---|---|")
+    print("| model | params | build s | quality | target |\n|---|---|---|---|---|")
     o = report["models"]["mnist-oracle"]
     print(f"| mnist-oracle | {o['params']:,} | {o['build_seconds']} | test acc {o['test_accuracy_rebuilt']:.3f} (shipped {o['test_accuracy_shipped']:.3f}) | >= 0.97 |")
     d = report["models"]["mnist-ddpm"]

@@ -34,7 +34,11 @@ def evaluate_concept_unlearning(
     override_class: int | None = None,
 ) -> dict:
     """Score a generator; ``forget``/``retain``/``paraphrases`` map a condition (class id or prompt) to
-    the oracle class it depicts; ``sample_fn(conditions)`` returns (N, C, H, W) images in [0, 1]."""
+    the oracle class it depicts; ``sample_fn(conditions)`` returns (N, C, H, W) images in [0, 1].
+
+    ``override_as_forgotten_rate`` (with ``override_class`` among the retained classes): the share of the
+    override condition's own samples that the oracle reads as a forgotten class. Methods that map the
+    forgotten concept onto the override (SFD, ESD-style) inherit it as a floor on their forget rate."""
     conditions = [c for c in forget for _ in range(per_condition)] + [c for c in retain for _ in range(per_condition)]
     paraphrases = paraphrases or {}
     conditions += [c for c in paraphrases for _ in range(per_condition)]
@@ -55,6 +59,12 @@ def evaluate_concept_unlearning(
     }
     if override_class is not None:
         result["override_rate"] = (pred[:n_f] == override_class).float().mean().item()
+        # the floor SFD-style methods inherit: how often this model's own override-class samples read as a
+        # forgotten class (the override is scored wherever it is a retained condition)
+        rows = [n_f + i for i, c in enumerate(c for c in retain for _ in range(per_condition)) if retain[c] == override_class]
+        if rows:
+            forgotten = torch.tensor(sorted(set(forget.values())))
+            result["override_as_forgotten_rate"] = torch.isin(pred[rows], forgotten).float().mean().item()
     if paraphrases:
         result["paraphrase_forget_rate"] = hits[n_f + n_r :].mean().item()
     if real_retained is not None:

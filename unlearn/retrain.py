@@ -1,5 +1,8 @@
 """Retraining from scratch without the forgotten data: the gold standard of unlearning.
 
+Forgotten concepts are class ids, or, for the zoo's text model, any phrasing it knows of a digit: the
+retrained model never sees that digit's images (under any phrasing).
+
 It needs the model's training recipe, so it is available for zoo models (through the zoo's seeded
 builds with an exclusion); for any other model, retrain with your own recipe and compare the folder.
 """
@@ -36,11 +39,17 @@ class Retrain:
         if not self.zoo_name:
             raise GuardgenError("retrain needs the training recipe: it is available for zoo:* models only")
         classes = []
+        concept_class = getattr(pipe, "concept_class", None)  # text zoo models: the digit each phrasing names
         for c in forget:
             text = str(c).strip()
-            if not text.isdigit():
-                raise GuardgenError(f"retrain excludes class ids; {c!r} is not one (use the class the concept names)")
-            classes.append(int(text))
+            if text.isdigit():
+                classes.append(int(text))
+            elif concept_class is not None and concept_class(text) is not None:
+                classes.append(int(concept_class(text)))
+            else:
+                raise GuardgenError(f"retrain excludes the training data of a class; {c!r} is neither a class id nor "
+                                    "a phrasing this model knows (pass the class the concept names)")
+        classes = sorted(set(classes))
         if out is None:
             raise GuardgenError("retrain writes a new model: pass an output folder")
         folder = Path(out) / "retrained"

@@ -56,6 +56,7 @@ class SFD:
     teacher_guidance: float = 1.0  # classifier-free guidance of the teacher score
     override: str = "fixed"  # "fixed" | "random" | "oracle"
     grad_clip: float = 1.0
+    fake_steps: int = 1  # fake-score updates per generator update (SiD: 1; DMD2-style two time-scale: more)
     ema_halflife: float = 100.0  # EMA of the generator's weights: half-life in iterations; 0 turns it off
     ema_rampup: float = 0.25  # ... at most this share of the iterations done so far (EDM-style ramp-up)
     seed: int = 0
@@ -71,6 +72,8 @@ class SFD:
             raise GuardgenError("need 0 <= t_min < t_max")
         if not 0 < self.forget_share < 1:
             raise GuardgenError("forget_share must be in (0, 1)")
+        if self.fake_steps < 1:
+            raise GuardgenError("fake_steps must be at least 1")
 
     # -------------------------------------------------------------------------------------------------
     def fit(self, pipe, *, forget: Sequence, retain: Sequence, override: Sequence | None = None, oracle=None,
@@ -151,21 +154,22 @@ class SFD:
             cg = cond.embed(c_gen, acc.device)
             null = cond.null(self.batch_size, acc.device)
 
-            # ---- fake-score step: denoising score matching on stop-gradient generator samples ----
-            with torch.no_grad(), acc.autocast():
-                x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
-            t = torch.randint(t_min, t_max, (self.batch_size,), generator=g).to(acc.device)
-            eps = torch.randn(x_g.shape, generator=g).to(acc.device)
-            a = abar[t].view(-1, 1, 1, 1)
-            x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
-            with acc.autocast():
-                err = (fake(x_t, t, **cg).sample.float() - eps).pow(2).flatten(1).mean(1)
+            # ---- fake-score step(s): denoising score matching on stop-gradient generator samples ----
             weight = torch.where(is_forget, self.lambda_forget, self.lambda_retain)
-            loss_fake = (weight * err).mean()
-            opt_fake.zero_grad(set_to_none=True)
-            acc.backward(loss_fake)
-            _clip_values(fake, self.grad_clip)
-            opt_fake.step()
+            for _ in range(self.fake_steps):
+                with torch.no_grad(), acc.autocast():
+                    x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
+                t = torch.randint(t_min, t_max, (self.batch_size,), generator=g).to(acc.device)
+                eps = torch.randn(x_g.shape, generator=g).to(acc.device)
+                a = abar[t].view(-1, 1, 1, 1)
+                x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
+                with acc.autocast():
+                    err = (fake(x_t, t, **cg).sample.float() - eps).pow(2).flatten(1).mean(1)
+                loss_fake = (weight * err).mean()
+                opt_fake.zero_grad(set_to_none=True)
+                acc.backward(loss_fake)
+                _clip_values(fake, self.grad_clip)
+                opt_fake.step()
 
             # ---- generator step: SiD loss, forgotten conditions scored by the teacher at the override ----
             fake.requires_grad_(False)

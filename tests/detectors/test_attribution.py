@@ -131,6 +131,8 @@ def test_bad_input(fitted, data):
         OpenWorldAttribution(device="cpu").fit(xt[:10], torch.zeros(10))
     with pytest.raises(GuardgenError, match="unknown OOD scorer"):
         OpenWorldAttribution(ood="knn", device="cpu").fit(xt[:10], yt[:10])
+    with pytest.raises(GuardgenError, match="lr_schedule"):
+        OpenWorldAttribution(lr_schedule="step", device="cpu").fit(xt[:10], yt[:10])
     with pytest.raises(GuardgenError, match="trained on"):
         fitted.predict(torch.rand(2, 1, 16, 16))
     with pytest.raises(GuardgenError, match="not an attribution model"):

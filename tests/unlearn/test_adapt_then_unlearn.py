@@ -118,6 +118,10 @@ def test_split_by_feature_reads_logits_and_scores():
     assert split_by_feature(x, Fixed(), 1).tolist() == [False, True, False, True]
     assert split_by_feature(x, Fixed(), [0, 2]).tolist() == [True, False, True, False]
     assert split_by_feature(x, lambda im: im.flatten() >= 1, None).tolist() == [False, True, True, True]
+    # softmax of a one-hot logit row: 0.576 on its class, 0.212 on each other one
+    assert split_by_feature(x, Fixed(), 1, min_prob=0.2).tolist() == [True, True, True, True]
+    assert split_by_feature(x, Fixed(), 1, min_prob=0.3).tolist() == [False, True, False, True]
+    assert split_by_feature(x, Fixed(), [0, 2], min_prob=0.4).tolist() == [True, True, True, True]  # 0.212 + 0.212
     with pytest.raises(GuardgenError, match="outside"):
         split_by_feature(x, Fixed(), 5)
 
@@ -159,6 +163,8 @@ def test_mismatched_pair_is_refused():
         GANFineTune(device="cpu").fit((TinyG(), None), classifier=bright_corner)
     with pytest.raises(GuardgenError, match="unknown repulsion"):
         AdaptThenUnlearn(repulsion="cubic", device="cpu").fit((TinyG(), TinyD()), classifier=bright_corner)
+    with pytest.raises(GuardgenError, match="feature_min_prob"):
+        GANFineTune(feature_min_prob=1.5, device="cpu").fit((TinyG(), TinyD()), classifier=bright_corner)
 
 
 def test_zoo_architecture_saves_as_a_gan_folder(tmp_path):

@@ -69,3 +69,27 @@ def test_retrain_rebuilds_without_the_class(monkeypatch, tmp_path, tiny_class_pi
     r = Retrain(zoo_name="mnist-ddpm", steps=7).fit(None, forget=[7], out=tmp_path)
     assert calls["name"] == "mnist-ddpm" and calls["exclude"] == (7,) and calls["steps"] == 7
     assert type(r.to_pipeline(None)).__name__ == "ClassConditionalPipeline"
+
+
+def test_retrain_maps_text_concepts_to_their_class(monkeypatch, tmp_path, tiny_class_pipeline):
+    from guardgen import zoo
+
+    calls = {}
+
+    def fake_build(name, out, **kw):
+        import shutil
+
+        calls.update(name=name, **kw)
+        shutil.copytree(tiny_class_pipeline, out)
+        return {}
+
+    class TextZooModel:  # what the zoo's text pipeline offers: the digit each known phrasing names
+        @staticmethod
+        def concept_class(prompt):
+            return {"a handwritten digit seven": 7, "a seven": 7, "a handwritten digit one": 1}.get(prompt)
+
+    monkeypatch.setattr(zoo, "build", fake_build)
+    Retrain(zoo_name="mnist-t2i").fit(TextZooModel(), forget=["a handwritten digit seven", "a seven"], out=tmp_path / "a")
+    assert calls["name"] == "mnist-t2i" and calls["exclude"] == (7,)
+    with pytest.raises(GuardgenError, match="neither a class id nor a phrasing"):
+        Retrain(zoo_name="mnist-t2i").fit(TextZooModel(), forget=["a purple cow"], out=tmp_path / "b")

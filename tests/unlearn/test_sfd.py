@@ -122,3 +122,14 @@ def test_sfd_on_a_tiny_stable_diffusion_pipeline(tmp_path, tiny_sd_pipeline):
     assert img.shape == (1, 3, 8, 8)
     stock = DiffusionPipeline.from_pretrained(tmp_path / "run", trust_remote_code=True)
     assert stock(prompt="a painting", generator=torch.Generator().manual_seed(0)).images.shape == (1, 3, 8, 8)
+
+
+def test_sfd_fake_steps_take_more_fake_score_updates(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    runs = [SFD(iterations=1, batch_size=4, fake_steps=k, device="cpu").fit(pipe, forget=[7], retain=[1, 2], override=[1])
+            for k in (1, 1, 2)]
+    one, same, two = ([p.detach().clone() for p in r.fake_score_.parameters()] for r in runs)
+    assert all(torch.equal(a, b) for a, b in zip(one, same))  # seeded: one fake step twice is the same update
+    assert not all(torch.equal(a, b) for a, b in zip(one, two))
+    with pytest.raises(GuardgenError, match="fake_steps"):
+        SFD(iterations=1, fake_steps=0, device="cpu").fit(pipe, forget=[7], retain=[1], override=[1])
