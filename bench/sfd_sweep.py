@@ -30,6 +30,7 @@ from guardgen.models.conditioning import conditioning_for
 from guardgen.models.diffusion import sample_images
 from guardgen.utils import machine_info
 from guardgen.zoo import zoo_path
+from guardgen.zoo.t2i import WORDS
 from unlearn import UNLEARN
 from unlearn.evaluate import concept_plan, evaluate_concept_unlearning
 
@@ -58,9 +59,8 @@ def main() -> None:
     if cond.kind == "class":
         plan = concept_plan(pipe, cond, forget=[args.forget], override=[args.override])
     else:
-        words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-        plan = concept_plan(pipe, cond, forget=[f"a handwritten digit {words[args.forget]}"],
-                            override=[f"a handwritten digit {words[args.override]}"], expand=True)
+        plan = concept_plan(pipe, cond, forget=[f"a handwritten digit {WORDS[args.forget]}"],
+                            override=[f"a handwritten digit {WORDS[args.override]}"], expand=True)
     forget, override, retain = plan["forget"], plan["override"], plan["retain"]
     real = load_mnist("test").exclude({args.forget}).images
     score = dict(forget=plan["forget_map"], retain=plan["retain_map"], paraphrases=plan["paraphrase_map"],

@@ -42,10 +42,9 @@ class Retrain:
         concept_class = getattr(pipe, "concept_class", None)  # text zoo models: the digit each phrasing names
         for c in forget:
             text = str(c).strip()
-            if text.isdigit():
-                classes.append(int(text))
-            elif concept_class is not None and concept_class(text) is not None:
-                classes.append(int(concept_class(text)))
+            named = int(text) if text.isdigit() else (concept_class(text) if concept_class is not None else None)
+            if named is not None:
+                classes.append(int(named))
             else:
                 raise GuardgenError(f"retrain excludes the training data of a class; {c!r} is neither a class id nor "
                                     "a phrasing this model knows (pass the class the concept names)")
