@@ -299,8 +299,9 @@ class OpenWorldAttribution:
         n = len(y_all)
         steps_per_epoch = max(n // self.batch_size, 1)
         total = epochs * steps_per_epoch
+        cosine = self.lr_schedule == "cosine"
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)) if self.lr_schedule == "cosine" else 1.0)
+            opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)) if cosine else 1.0)
         g = torch.Generator().manual_seed(self.seed * 7_919 + self.round_)
         step = 0
         for _ in range(epochs):

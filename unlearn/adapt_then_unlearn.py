@@ -291,9 +291,9 @@ class _GANUnlearnBase:
         generator, discriminator = _unpack(gan)
         latent_dim = _latent_dim(generator, self.latent_dim or latent_dim_override)
         _check_pair(generator, discriminator, latent_dim)
-        images = _sample(generator, self.num_samples, latent_dim, self.seed)
         if not 0 <= self.feature_min_prob < 1:
             raise GuardgenError(f"feature_min_prob must be in [0, 1), got {self.feature_min_prob}")
+        images = _sample(generator, self.num_samples, latent_dim, self.seed)
         mask = split_by_feature((images + 1) / 2, classifier, forget, self.threshold, min_prob=self.feature_min_prob)
         n_neg = int(mask.sum())
         self.share_before_ = n_neg / max(len(mask), 1)

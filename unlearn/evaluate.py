@@ -61,7 +61,7 @@ def evaluate_concept_unlearning(
         result["override_rate"] = (pred[:n_f] == override_class).float().mean().item()
         # the floor SFD-style methods inherit: how often this model's own override-class samples read as a
         # forgotten class (the override is scored wherever it is a retained condition)
-        rows = [n_f + i for i, c in enumerate(c for c in retain for _ in range(per_condition)) if retain[c] == override_class]
+        rows = [i for i in range(n_f, n_f + n_r) if retain[conditions[i]] == override_class]
         if rows:
             forgotten = torch.tensor(sorted(set(forget.values())))
             result["override_as_forgotten_rate"] = torch.isin(pred[rows], forgotten).float().mean().item()

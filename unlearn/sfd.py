@@ -185,7 +185,7 @@ class SFD:
                 s = denoise(fake(x_t, t, **cg).sample.float(), x_t, a)
             omega = (p - x_g).abs().flatten(1).mean(1).clamp_min(1e-5).detach().view(-1, 1, 1, 1)
             ell = ((p - s) * ((p - x_g) - self.alpha * (p - s)) / omega).flatten(1).sum(1)
-            loss_gen = (torch.where(is_forget, self.lambda_forget, self.lambda_retain) * ell).mean()
+            loss_gen = (weight * ell).mean()
             opt_gen.zero_grad(set_to_none=True)
             acc.backward(loss_gen)
             _clip_values(gen, self.grad_clip)
