@@ -5,7 +5,7 @@ Which m training samples (or classes) are hardest to unlearn? Relax the forget-s
 w on the capped simplex {0 <= w <= 1, sum w = m} and solve the bi-level problem
     min_w  sum_i w_i l_i(theta_u(w)) + gamma ||w||^2,   theta_u(w) = unlearning with per-sample forget weights w,
 by alternating: reset theta to the original model, take ``inner_steps`` sign-SGD steps on the method's
-weighted loss (lower level), then one projected gradient step on w with the per-sample losses l_i as the
+weighted loss (lower level; by default one pass over the data, as the official code runs whole epochs), then one projected gradient step on w with the per-sample losses l_i as the
 gradient (the implicit term through theta_u is dropped, as in the paper), and harden to the top m at the end
 (and every ``harden_every`` iterations). ``reverse=True`` ascends instead: the easiest set to forget.
 
@@ -73,7 +73,7 @@ class WorstCaseForget:
     mode: str = "data"  # "data" | "class"
     reverse: bool = False  # True: the easiest set to forget
     iterations: int = 10  # upper-level steps
-    inner_steps: int = 5  # lower-level sign-SGD steps per upper step, from the original model each time
+    inner_steps: int | None = None  # lower-level sign-SGD steps per upper step, from the original model each time (None: one pass)
     theta_lr: float = 1e-3
     w_lr: float = 0.01
     gamma: float = 0.0
@@ -91,8 +91,15 @@ class WorstCaseForget:
             raise GuardgenError(f"worst-case forget mode must be 'data' or 'class', not {self.mode!r}")
         if not 1 <= self.size < n:
             raise GuardgenError(f"forget-set size {self.size} must be between 1 and {n - 1}: the data has {n} {what}")
-        if self.iterations < 1 or self.inner_steps < 0:
+        if self.iterations < 1 or (self.inner_steps is not None and self.inner_steps < 0):
             raise GuardgenError("worst-case forget needs iterations >= 1 and inner_steps >= 0")
+
+    def _batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """The lower level's minibatches: ``inner_steps`` of them (None: one pass), walking through reshuffles of n."""
+        b = min(self.batch_size, n)
+        steps = -(-n // b) if self.inner_steps is None else self.inner_steps
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-steps * b // n))] or [torch.zeros(0, dtype=torch.long)])
+        return [order[k * b : (k + 1) * b] for k in range(steps)]
 
     def _upper_step(self, w: torch.Tensor, losses: torch.Tensor, it: int) -> tuple[torch.Tensor, torch.Tensor]:
         grad = losses.double() + 2 * self.gamma * w
@@ -141,12 +148,12 @@ class WorstCaseForget:
             mask = masker(net, x[mi], y[mi], sample_w[mi]) if callable(masker) else None
             params = dict(net.named_parameters())
             net.train()
-            for k in range(self.inner_steps):  # lower level: sign-SGD on the method's weighted loss
-                idx = torch.randperm(len(y), generator=g)[: self.batch_size]
+            batches = self._batches(len(y), g)
+            for k, idx in enumerate(batches):  # lower level: sign-SGD on the method's weighted loss
                 xb, yb, wb = x[idx].to(acc.device), y[idx].to(acc.device), sample_w[idx].to(acc.device)
                 loss = loss_form(net(xb).float(), yb, wb, g).mean()
                 if callable(penalty):
-                    loss = loss + penalty(net, k / max(self.inner_steps, 1))
+                    loss = loss + penalty(net, k / len(batches))
                 grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
                 with torch.no_grad():
                     for (name, p), gr in zip(params.items(), grads):
@@ -226,8 +233,7 @@ class WorstCaseForget:
         for it in range(1, self.iterations + 1):
             unet.load_state_dict(original)
             unet.train()
-            for _ in range(self.inner_steps):
-                idx = torch.randperm(len(x0), generator=g)[: self.batch_size]
+            for idx in self._batches(len(x0), g):
                 t = torch.randint(0, len(abar), (len(idx),), generator=g)
                 eps = torch.randn(x0[idx].shape, generator=g)
                 loss = form(mse(unet, idx, t, eps), w[of[idx]].float().to(acc.device)).mean()

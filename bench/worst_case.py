@@ -182,7 +182,7 @@ def main():
     p.add_argument("--retrain-epochs", type=int, default=5)
     p.add_argument("--unlearn-epochs", type=int, default=2)
     p.add_argument("--search-iterations", type=int, default=6)
-    p.add_argument("--inner-steps", type=int, default=5)
+    p.add_argument("--inner-steps", type=int, default=None, help="lower-level steps per selection step (default: one pass)")
     p.add_argument("--theta-lr", type=float, default=1e-3)
     p.add_argument("--w-lr", type=float, default=0.01)
     p.add_argument("--harden-every", type=int, default=3)
@@ -206,7 +206,7 @@ def main():
     if args.append and path.is_file():  # run the parts separately into one file
         from guardgen.checkpoint import load_json
 
-        out = {**load_json(path), "settings_" + "_".join(args.parts): vars(args)}
+        out = {**load_json(path), ("settings" if "classifier" in args.parts else "settings_" + "_".join(args.parts)): vars(args)}
     t0 = time.perf_counter()
 
     def save():

@@ -16,7 +16,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -156,7 +157,21 @@ class ClassifierUnlearner:
                 callback(step + 1, {"total": total, **logs})
         self.model_ = acc.unwrap_model(net).eval()
         self.train_seconds_ = time.perf_counter() - t0
+        self.sizes_ = {"forget": len(yf), "retain": len(yr)}
         return self
+
+    def save_pretrained(self, folder: str | Path, *, architecture: str, model_args: dict, extra: dict | None = None) -> Path:
+        """Write the unlearned classifier as a classifier folder (``config.json`` + ``model.safetensors``) that
+        ``load_model`` reads, with what was done under ``unlearning``; ``architecture``/``model_args`` are the source's."""
+        from guardgen.models.classifier import save_classifier
+
+        if not hasattr(self, "model_"):
+            raise GuardgenError("fit the method before saving it")
+        name = next((k for k in UNLEARN.names() if UNLEARN.get(k) is type(self)), type(self).__name__)
+        meta = {"method": name, "samples": self.sizes_, "train_seconds": self.train_seconds_,
+                "hyperparameters": {k: v for k, v in asdict(self).items() if not k.endswith("_")}}
+        return save_classifier(self.model_, folder, architecture=architecture, model_args=model_args,
+                               extra={"unlearning": meta, **(extra or {})})
 
 
 @UNLEARN.register("retrain_classifier")

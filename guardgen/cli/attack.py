@@ -74,7 +74,7 @@ def worst_case_forget(
     mode: Annotated[str, typer.Option(help="data (samples) or class (whole classes).")] = "data",
     reverse: Annotated[bool, typer.Option("--reverse", help="Find the easiest set to forget instead.")] = False,
     iterations: Annotated[int, typer.Option(help="Upper-level (selection) steps.")] = 10,
-    inner_steps: Annotated[int, typer.Option(help="Lower-level sign-SGD steps per selection step.")] = 5,
+    inner_steps: Annotated[Optional[int], typer.Option(help="Lower-level sign-SGD steps per selection step [default: one pass].")] = None,
     theta_lr: Annotated[float, typer.Option(help="Lower-level sign-SGD step size.")] = 1e-3,
     w_lr: Annotated[float, typer.Option(help="Upper-level step size on the selection weights.")] = 0.01,
     harden_every: Annotated[int, typer.Option(help="Harden the weights to the top set every k steps (0: at the end).")] = 0,

@@ -292,17 +292,19 @@ def evaluate(
     set_: Annotated[list[str], typer.Option("--set", help="Any method hyperparameter: KEY=VALUE.", rich_help_panel=PANEL_METHOD)] = [],
     retrain: Annotated[bool, typer.Option(help="Also retrain from scratch without the forget set (the reference of the gap).", rich_help_panel=PANEL_EVAL)] = True,
     retrain_epochs: Annotated[Optional[int], typer.Option(help="Retraining epochs [default: 30, the zoo oracle's].", rich_help_panel=PANEL_EVAL)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write results.json here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write results.json and the unlearned classifier (a classifier folder) here.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Unlearn a forget set from a classifier; print UA, MIA-efficacy, RA, TA and the gap to retraining."""
+    """Unlearn a forget set from a classifier; print UA, MIA-efficacy, RA, TA and the gap to retraining.
+
+    With --out, the unlearned classifier is saved there too: `--model OUT` loads it in any guardgen command."""
     import torch
 
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import load_json, save_json
     from guardgen.cli.attack import classifier_data, classifier_method
     from guardgen.metrics import gap_to_retrain, unlearning_report
-    from guardgen.models import load_model
+    from guardgen.models import load_model, resolve
 
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     if epochs is not None:
@@ -335,5 +337,10 @@ def evaluate(
     if retrain:
         rows.append({"metric": "gap to retrain (mean |diff|)", method: "", "retrain": "", "|diff|": results["gap_to_retrain"]})
     if out is not None:
+        source = load_json(resolve(model).path / "config.json")
+        runner.save_pretrained(out, architecture=source["architecture"], model_args=source.get("model_args") or {},
+                               extra={"unlearned_from": model, "forget_set": str(forget_set)})
         save_json(results, Path(out) / "results.json")
     console.print(results_table(f"{method} on {len(chosen)} forgotten samples (fractions)", rows))
+    if out is not None:
+        console.print(f"unlearned classifier and results.json in {out}")

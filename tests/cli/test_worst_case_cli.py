@@ -1,9 +1,12 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from guardgen.cli import app
+from guardgen.cli.attack import classifier_data
+from guardgen.models import load_model
 
 runner = CliRunner()
 QUICK = ("--max-samples", 200, "--device", "cpu")
@@ -30,6 +33,16 @@ def test_worst_case_forget_end_to_end_then_evaluate(tmp_path):
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert res["forget_size"] == 20 and 0 <= res["gap_to_retrain"] <= 1
     assert "gap to retrain" in result.output and "MIA-efficacy" in result.output
+    # the unlearned classifier is saved as a classifier folder that any command loads
+    net, oracle = load_model(str(tmp_path / "ev"), kind="classifier"), load_model("zoo:mnist-oracle", kind="classifier")
+    train, _ = classifier_data("mnist", 16, 200)
+    idx = torch.tensor(record["indices"])
+    with torch.no_grad():
+        assert (net(train.images[idx]).argmax(1) == train.labels[idx]).float().mean().item() == pytest.approx(1 - res["ft"]["ua"])
+    assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), oracle.state_dict().values()))
+    config = json.loads((tmp_path / "ev" / "config.json").read_text())
+    assert config["unlearning"]["method"] == "ft" and config["unlearning"]["samples"]["forget"] == 20
+    assert config["unlearned_from"] == "zoo:mnist-oracle" and config["architecture"] == "guardgen_digitnet"
 
 
 def test_class_mode_and_no_retrain(tmp_path):

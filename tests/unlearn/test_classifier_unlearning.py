@@ -129,3 +129,20 @@ def test_bad_input_is_a_one_line_error(setup):
         GAClassifier(device="cpu").fit(original, forget=(forget[0][:0], forget[1][:0]), retain=retain)
     with pytest.raises(GuardgenError, match="labels"):
         FT(device="cpu").fit(original, forget=forget, retain=(retain[0], retain[1][:3]))
+
+
+def test_save_pretrained_round_trips_through_load_model(setup, tmp_path):
+    from guardgen.models import load_model
+
+    original, forget, retain = setup
+    m = SalUn(epochs=1, batch_size=32, device="cpu")
+    with pytest.raises(GuardgenError, match="fit the method"):
+        m.save_pretrained(tmp_path / "x", architecture="guardgen_digitnet", model_args={})
+    m.fit(original, forget=forget, retain=retain)
+    args = {"num_classes": 4, "in_chans": 1, "width": 8}
+    m.save_pretrained(tmp_path / "salun", architecture="guardgen_digitnet", model_args=args)
+    loaded = load_model(str(tmp_path / "salun"), kind="classifier")
+    with torch.no_grad():
+        assert torch.allclose(loaded(forget[0]), m.model_.eval()(forget[0]))
+    config = (tmp_path / "salun" / "config.json").read_text()
+    assert '"method": "salun"' in config and '"forget": 10' in config and '"threshold": 0.5' in config
