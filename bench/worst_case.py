@@ -1,6 +1,6 @@
 """Benchmark worst-case forget sets (Fan et al., ECCV 2024) against random ones, on the zoo, one run.
 
-    OMP_NUM_THREADS=1 python bench/worst_case.py            # CPU, about 20-25 minutes on 2 busy cores
+    python bench/worst_case.py       # CPU: the classifier part about 5 minutes on 2 idle cores (20-25 on busy ones)
 
 Part 1 (classifiers): the zoo oracle architecture (guardgen_digitnet, width 32) trained on MNIST train
 (4,000 images, 16x16) with the retrain recipe; forget sets of 10% (400 images): --random-sets random ones

@@ -79,6 +79,7 @@ def build_ddim_b(config: DDIMBConfig, out: str | Path, *, resume: bool = False, 
     noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
     final, train_seconds, acc = train_class_conditional(unet, noise_scheduler, train, config, out, resume=resume, callback=callback)
     state_dir = out / "training_state"
+    # clip_sample stays on here: the cosine schedule's first trailing step (alpha_bar ~ 0) blows x_0 up without it
     sampler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=True, timestep_spacing="trailing")
     pipe = ClassConditionalPipeline(unet=final, scheduler=sampler, num_classes=10)
     pipe.set_progress_bar_config(disable=True)

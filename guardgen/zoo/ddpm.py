@@ -137,7 +137,10 @@ def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, cal
                                   layers_per_block=config.layers_per_block)
     noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
     final, train_seconds, acc = train_class_conditional(unet, noise_scheduler, train, config, out, resume=resume, callback=callback)
-    sampler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=True)
+    # clip_sample=False: diffusers' DDIM step clips x_0 but keeps the unclipped eps in the direction term, so
+    # with classifier-free guidance (> 1) samples leave the data (guidance 2: no 1s at all). Unclipped, on the
+    # shipped model (1,000 samples, 50 steps): conditional accuracy 0.952 -> 0.965, FD 0.54 -> 0.27, guidance 2 -> 1.0.
+    sampler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False)
     pipe = ClassConditionalPipeline(unet=final, scheduler=sampler, num_classes=10)
     pipe.set_progress_bar_config(disable=True)
     metrics = {"train_seconds": round(train_seconds, 2), "steps": config.steps, "num_processes": acc.num_processes,

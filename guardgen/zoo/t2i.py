@@ -142,7 +142,8 @@ def build_t2i(config: T2IConfig, out: str | Path, *, resume: bool = False, callb
     final = acc.unwrap_model(unet)
     ema.copy_to(final.parameters())
     final.eval().cpu()
-    sampler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=True)
+    # clip_sample=False, as for mnist-ddpm (guardgen/zoo/ddpm.py): guided DDIM sampling needs it
+    sampler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False)
     pipe = TextConditionalPipeline(unet=final, scheduler=sampler, prompts={str(k): v for k, v in prompts.items()},
                                    heldout_prompts={str(k): v for k, v in heldout.items()})
     pipe.set_progress_bar_config(disable=True)

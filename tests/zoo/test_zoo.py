@@ -125,3 +125,16 @@ def test_t2i_knows_its_phrasings():
     assert pipe.concept_class("a handwritten digit seven") == 7
     assert pipe.concept_class("a scribbled seven") == 7  # held out, still known for evaluation
     assert pipe.concept_class("a photo of a cat") is None
+
+
+@pytest.mark.parametrize("name,condition", [("mnist-ddpm", 1), ("mnist-t2i", "a handwritten digit one")])
+def test_shipped_diffusion_models_sample_the_asked_digit_under_guidance(name, condition):
+    """Guided DDIM sampling works (the samplers ship with clip_sample off: clipping x_0 but not eps broke it)."""
+    from guardgen.models import load_model
+    from guardgen.models.diffusion import sample_images
+    from guardgen.utils import predict_logits
+
+    pipe, oracle = load_model(f"zoo:{name}"), load_classifier(zoo.zoo_path("mnist-oracle"))
+    assert pipe.scheduler.config.clip_sample is False
+    images = sample_images(pipe, [condition] * 16, num_inference_steps=20, guidance_scale=2.0, seed=0)
+    assert (predict_logits(oracle, images).argmax(1) == 1).float().mean().item() >= 0.9
