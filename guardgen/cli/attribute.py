@@ -81,7 +81,7 @@ def fit(
     source: SourceOpt = [],
     per_source: PerSourceOpt = 1000,
     unlabeled: Annotated[Optional[Path], typer.Option(help="Also discover new sources in this folder (any layout).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size [default: keep].")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size.", show_default="keep")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any OpenWorldAttribution setting: KEY=VALUE.")] = [],
     out: Annotated[Path, typer.Option(help="Folder for the attribution model.")] = Path("runs/attribute"),
     seed: Annotated[int, typer.Option(help="Random seed (sampling and training).")] = 0,
@@ -117,11 +117,11 @@ def discover(
     data: DataOpt = None,
     source: SourceOpt = [],
     per_source: PerSourceOpt = 500,
-    clusters: Annotated[Optional[int], typer.Option(help="k of k-means per round [default: the model's].")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="Discovery rounds [default: the model's].")] = None,
+    clusters: Annotated[Optional[int], typer.Option(help="k of k-means per round.", show_default="the model's")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Discovery rounds.", show_default="the model's")] = None,
     online: Annotated[bool, typer.Option(help="Add the images to the model's pool (partial_fit) instead of replacing it.")] = False,
-    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size [default: keep].")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where to save the updated model [default: MODEL_DIR].")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size.", show_default="keep")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to save the updated model.", show_default="MODEL_DIR")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:
     """Discover unseen sources among unlabelled images; labels of --data/--source are used only to score the result."""
@@ -154,7 +154,7 @@ def predict(
     source: SourceOpt = [],
     images_dir: Annotated[Optional[Path], typer.Option("--images", help="A folder of images of unknown source (flat).")] = None,
     per_source: PerSourceOpt = 200,
-    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size [default: keep].")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size.", show_default="keep")] = None,
     out: Annotated[Path, typer.Option(help="Folder for predictions.json.")] = Path("runs/attribute-predict"),
     seed: Annotated[int, typer.Option(help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:

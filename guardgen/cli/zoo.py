@@ -55,7 +55,7 @@ def list_() -> None:
 @guarded
 def build(
     name: Annotated[str, typer.Argument(help="Zoo model to build (see `guardgen zoo list`).")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: $GUARDGEN_ZOO_DIR/NAME or runs/zoo/NAME].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder.", show_default="$GUARDGEN_ZOO_DIR/NAME or runs/zoo/NAME")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (diffusion models).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (classifiers).")] = None,
@@ -95,7 +95,7 @@ def show(
     out: Annotated[Path, typer.Option(help="Folder for the sample grid PNG and results.json.")] = Path("runs/show"),
     per_class: Annotated[int, typer.Option(help="Samples per class.")] = 10,
     steps: Annotated[int, typer.Option(help="Sampling steps (DDIM).")] = 50,
-    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance [default: the model's].")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance.", show_default="the model's")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     oracle: Annotated[str, typer.Option(help="Classifier that scores the samples.")] = "zoo:mnist-oracle",
 ) -> None:

@@ -21,6 +21,15 @@ def test_help_lists_every_group():
         assert group in result.output
 
 
+@pytest.mark.parametrize("command,shown", [(("attack", "worst-case-forget"), "one pass over the data"),
+                                           (("unlearn", "evaluate"), "30, the zoo oracle's"),
+                                           (("copyright", "sample"), "calibrated on --clean")])
+def test_help_shows_described_defaults(command, shown):
+    """Defaults described in words reach the help (text in square brackets would be eaten as Rich markup)."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and f"[default: ({shown})]" in result.output
+
+
 def test_audit_command_is_mounted():
     result = invoke("audit", "--help")
     assert result.exit_code == 0
