@@ -5,9 +5,10 @@ Which m training samples (or classes) are hardest to unlearn? Relax the forget-s
 w on the capped simplex {0 <= w <= 1, sum w = m} and solve the bi-level problem
     min_w  sum_i w_i l_i(theta_u(w)) + gamma ||w||^2,   theta_u(w) = unlearning with per-sample forget weights w,
 by alternating: reset theta to the original model, take ``inner_steps`` sign-SGD steps on the method's
-weighted loss (lower level; by default one pass over the data, as the official code runs whole epochs), then one projected gradient step on w with the per-sample losses l_i as the
-gradient (the implicit term through theta_u is dropped, as in the paper), and harden to the top m at the end
-(and every ``harden_every`` iterations). ``reverse=True`` ascends instead: the easiest set to forget.
+weighted loss (lower level; by default one pass over the data, as the official code runs whole epochs),
+then one projected gradient step on w with the per-sample losses l_i as the gradient (the implicit term
+through theta_u is dropped, as in the paper), and harden to the top m at the end (and every
+``harden_every`` iterations). ``reverse=True`` ascends instead: the easiest set to forget.
 
 The unlearning method is passed in (``attacks`` never imports ``unlearn``):
 - classifiers: an object with ``per_sample_loss(logits, labels, w, generator)`` (guardgen's ``ft``, ``rl``,
@@ -73,7 +74,7 @@ class WorstCaseForget:
     mode: str = "data"  # "data" | "class"
     reverse: bool = False  # True: the easiest set to forget
     iterations: int = 10  # upper-level steps
-    inner_steps: int | None = None  # lower-level sign-SGD steps per upper step, from the original model each time (None: one pass)
+    inner_steps: int | None = None  # lower-level sign-SGD steps per upper step, from the original each time (None: one pass)
     theta_lr: float = 1e-3
     w_lr: float = 0.01
     gamma: float = 0.0
