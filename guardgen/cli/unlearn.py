@@ -303,7 +303,7 @@ def evaluate(
     from guardgen.checkpoint import load_json, save_json
     from guardgen.cli.attack import classifier_data, classifier_method
     from guardgen.metrics import gap_to_retrain, unlearning_report
-    from guardgen.models import load_model, resolve
+    from guardgen.models import load_model, model_folder
 
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     if epochs is not None:
@@ -336,7 +336,7 @@ def evaluate(
     if retrain:
         rows.append({"metric": "gap to retrain (mean |diff|)", method: "", "retrain": "", "|diff|": results["gap_to_retrain"]})
     if out is not None:
-        source = load_json(resolve(model).path / "config.json")
+        source = load_json(model_folder(model)[1] / "config.json")
         runner.save_pretrained(out, architecture=source["architecture"], model_args=source.get("model_args") or {},
                                extra={"unlearned_from": model, "forget_set": str(forget_set)})
         save_json(results, Path(out) / "results.json")

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 from guardgen.models.spec import KINDS, ModelRef, folder_kind, resolve
 
-__all__ = ["ModelRef", "resolve", "folder_kind", "load_model", "KINDS"]
+__all__ = ["ModelRef", "resolve", "folder_kind", "load_model", "model_folder", "KINDS"]
+
+
+def model_folder(spec: str):
+    """``(ref, folder holding the weights)``: a run folder points at its model through ``model_path``."""
+    ref = resolve(spec)
+    path = ref.path
+    if ref.run is not None and ref.run.get("model_path"):
+        path = path / ref.run["model_path"]
+    return ref, path
 
 
 def load_model(spec: str, *, kind: str | None = None, device: str = "cpu", allow_pickle: bool = False):
     """Resolve ``spec`` and load what it holds; ``kind`` (pipeline, classifier, ...) asserts what is expected."""
     from guardgen.errors import GuardgenError
 
-    ref = resolve(spec)
-    path = ref.path
-    if ref.run is not None and ref.run.get("model_path"):
-        path = path / ref.run["model_path"]
+    ref, path = model_folder(spec)
     if kind is not None and ref.kind != kind and not (kind == "diffusion" and ref.kind in ("pipeline", "diffusion-model")):
         raise GuardgenError(f"{spec}: holds a {ref.kind}, but a {kind} is needed here")
     if ref.kind in ("pipeline", "diffusion-model"):
