@@ -5,7 +5,8 @@ forget 7 -> 1).
     python bench/sfd_sweep.py --model t2i --grid '{"forget_share": [0.125, 0.25]}' --eval-at 250 350 --tag cpu-t2i
 
 Each setting is one SFD run; at each ``--eval-at`` iteration the live (EMA) one-step generator is scored by the
-zoo oracle (forget rate, retained accuracy, FD on retained classes vs real test digits, recall), and so is
+zoo oracle (forget rate, retained accuracy, FD on retained classes vs real test digits, recall; with
+``--score-online`` the raw generator beside its EMA), and so is
 the original 50-step sampler once, at the same sample count (or its figures are read from an earlier result,
 ``--original-from``, when they were measured with the same seed and sample count). For the text model the
 concept is every training phrasing of the digit, as in bench/unlearn_diffusion.py, and the held-out
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--forget", type=int, default=7)
     parser.add_argument("--override", type=int, default=1)
+    parser.add_argument("--score-online", action="store_true", help="also score the raw generator beside its EMA")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
 
@@ -98,14 +100,16 @@ def main() -> None:
             if step not in args.eval_at:
                 return
             clock["train"] += time.perf_counter() - clock["since"]
-            one = sfd.to_pipeline(pipe, device=None)
-            with torch.no_grad():
-                figures = evaluate_concept_unlearning(lambda c: sample_images(one, c, seed=args.seed), oracle.to(one.device), **score)
-            figures = {k: v for k, v in figures.items() if k != "per_condition"}
-            figures.update(step=step, train_seconds=round(clock["train"], 2),
-                           fd_ratio=figures["fd_retained"] / result["original"]["fd_retained"])
-            run["evals"].append(figures)
-            print(json.dumps({"setting": setting, **figures}), flush=True)
+            kinds = ["ema", "online"] if args.score_online and sfd.ema_halflife > 0 else ["ema" if sfd.ema_halflife > 0 else "online"]
+            for kind in kinds:
+                one = sfd.to_pipeline(pipe, device=None, online=kind == "online")
+                with torch.no_grad():
+                    figures = evaluate_concept_unlearning(lambda c: sample_images(one, c, seed=args.seed), oracle.to(one.device), **score)
+                figures = {k: v for k, v in figures.items() if k != "per_condition"}
+                figures.update(step=step, generator=kind, train_seconds=round(clock["train"], 2),
+                               fd_ratio=figures["fd_retained"] / result["original"]["fd_retained"])
+                run["evals"].append(figures)
+                print(json.dumps({"setting": setting, **figures}), flush=True)
             clock["since"] = time.perf_counter()
 
         sfd.fit(pipe, forget=forget, retain=retain, override=override, callback=callback)

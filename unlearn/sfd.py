@@ -143,8 +143,10 @@ class SFD:
         def denoise(eps, x_t, a):
             return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
-        # the (EMA) generator is visible during training, so a callback can preview or score it
-        self.generator_ = ema if ema is not None else acc.unwrap_model(gen)
+        # the (EMA) generator is visible during training, so a callback can preview or score it;
+        # online_generator_ is the raw one the optimiser moves (the same module when EMA is off)
+        self.online_generator_ = acc.unwrap_model(gen)
+        self.generator_ = ema if ema is not None else self.online_generator_
         t0 = time.perf_counter()
         while step < self.iterations:
             rng = random.Random(self.seed * 1_000_003 + step)  # draws depend on (seed, step) only: exact resume
@@ -207,7 +209,8 @@ class SFD:
             if state_dir is not None and step % self.checkpoint_every == 0 and step < self.iterations:
                 save_training_state(state_dir, step=step, modules=self._modules(acc, fake, gen, ema),
                                     optimizers={"fake": opt_fake, "generator": opt_gen}, extra={"history": self.history_})
-        self.generator_ = (ema if ema is not None else acc.unwrap_model(gen)).eval().requires_grad_(False)
+        self.online_generator_ = acc.unwrap_model(gen).eval().requires_grad_(False)
+        self.generator_ = ema.eval() if ema is not None else self.online_generator_
         self.fake_score_ = acc.unwrap_model(fake).eval().requires_grad_(False)
         self.train_seconds_ = time.perf_counter() - t0
         if state_dir is not None and state_dir.exists():
@@ -243,18 +246,20 @@ class SFD:
         return c_teacher
 
     # -------------------------------------------------------------------------------------------------
-    def to_pipeline(self, pipe, device: str | torch.device = "cpu"):
+    def to_pipeline(self, pipe, device: str | torch.device = "cpu", *, online: bool = False):
         """The one-step generator as a :class:`OneStepPipeline` (with ``pipe``'s VAE / text encoder, if any),
-        its UNet on ``device`` (``None``: where it is; mid-training, the live EMA generator itself)."""
+        its UNet on ``device`` (``None``: where it is; mid-training, the live EMA generator itself).
+        ``online=True`` takes the raw generator the optimiser moves instead of its EMA."""
         from diffusers import DDPMScheduler
 
         from guardgen.models.pipelines import OneStepPipeline
 
         if not hasattr(self, "generator_"):
             raise GuardgenError("SFD is not fitted yet; call fit first")
+        unet = self.online_generator_ if online else self.generator_
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         num_classes = getattr(self.conditioning_, "num_classes", 0)
-        one = OneStepPipeline(unet=self.generator_ if device is None else self.generator_.to(device), scheduler=scheduler, vae=getattr(pipe, "vae", None),
+        one = OneStepPipeline(unet=unet if device is None else unet.to(device), scheduler=scheduler, vae=getattr(pipe, "vae", None),
                               text_encoder=getattr(pipe, "text_encoder", None), tokenizer=getattr(pipe, "tokenizer", None),
                               t_init=self.t_init_, num_classes=num_classes,
                               text_encoder_name=getattr(pipe.config, "text_encoder_name", "") or "")

@@ -48,6 +48,17 @@ def test_sfd_resume_continues_exactly(tmp_path, tiny_class_pipeline):
     a, b = straight.generator_.state_dict(), resumed.generator_.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert len(resumed.history_) == 5 and not (tmp_path / "training_state").exists()
+    online = resumed.to_pipeline(pipe, online=True).unet.state_dict()
+    assert all(torch.allclose(straight.online_generator_.state_dict()[k], online[k], atol=1e-6) for k in online)
+    assert not all(torch.equal(a[k], online[k]) for k in a)  # the EMA lags the raw generator
+
+
+def test_sfd_without_ema_serves_the_online_generator(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    sfd = SFD(iterations=2, batch_size=4, device="cpu", t_init=40, t_min=4, t_max=70, ema_halflife=0)
+    sfd.fit(pipe, forget=[7], retain=[1, 2], override=[1])
+    assert sfd.generator_ is sfd.online_generator_
+    assert sfd.to_pipeline(pipe).unet is sfd.to_pipeline(pipe, online=True).unet
 
 
 def test_one_step_pipeline_round_trips_through_stock_diffusers(tmp_path, tiny_class_pipeline):
