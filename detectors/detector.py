@@ -94,6 +94,7 @@ class Detector:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"  # "cosine" (decay to 0 over the run, per step) | "constant"
     threshold: float = 0.5  # p_fake above it -> fake
     warm_start: bool = False  # fit() continues from the current weights (used by OMAT)
     seed: int = 0
@@ -109,6 +110,8 @@ class Detector:
             raise GuardgenError(f"unknown resize {self.resize!r}; use one of {', '.join(RESIZES)}")
         if self.crop not in ("none", "center"):
             raise GuardgenError(f"unknown crop {self.crop!r}; use none or center")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise GuardgenError(f"unknown lr_schedule {self.lr_schedule!r}; use cosine or constant")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise GuardgenError("epochs >= 0, batch_size >= 1 and lr > 0 are needed")
 
@@ -167,6 +170,11 @@ class Detector:
             params = list(module.parameters())
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         module, opt = acc.prepare(module, opt)
+        steps_per_epoch = max(1, -(-len(x) // self.batch_size))
+        total = self.epochs * steps_per_epoch
+        sched = None
+        if self.lr_schedule == "cosine" and total > 0:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         raw = acc.unwrap_model(module)
         if linear:  # frozen features computed once (eval mode: no dropout, BN running stats)
             raw.eval()
@@ -176,8 +184,6 @@ class Detector:
             head = raw.net.get_classifier()
 
         g = torch.Generator().manual_seed(self.seed + 17 * len(self.history_))
-        steps_per_epoch = max(1, -(-len(x) // self.batch_size))
-        total = self.epochs * steps_per_epoch
         seen, t0, step = 0, time.perf_counter(), 0
         for epoch in range(self.epochs):
             perm = torch.randperm(len(x), generator=g)
@@ -193,10 +199,12 @@ class Detector:
                     raise FloatingPointError(f"detector loss is not finite at epoch {epoch + 1}; lower lr")
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
+                logs = {"epoch": epoch + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]}  # the lr of this step
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 seen += len(idx)
                 step += 1
-                logs = {"epoch": epoch + 1, "loss": loss.item()}
                 self.history_.append({"step": len(self.history_) + 1, **logs})
                 if callback is not None:
                     callback(step, {"total": total, **logs})

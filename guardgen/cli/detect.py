@@ -130,6 +130,7 @@ def train(
     epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel=P_MODEL)] = 8,
     batch_size: Annotated[int, typer.Option(rich_help_panel=P_MODEL)] = 64,
     lr: Annotated[float, typer.Option(rich_help_panel=P_MODEL)] = 2e-3,
+    lr_schedule: Annotated[str, typer.Option(help="cosine (decays to 0 over the run) or constant.", rich_help_panel=P_MODEL)] = "cosine",
     model_arg: Annotated[list[str], typer.Option(help="Extra timm kwargs KEY=VALUE, e.g. patch_size=4 (repeatable).", rich_help_panel=P_MODEL)] = [],
     omat: Annotated[bool, typer.Option("--omat", help="On-manifold adversarial training (OMAT).", rich_help_panel=P_OMAT)] = False,
     generator: Annotated[str, typer.Option(help="Diffusion generator whose z_T is attacked; a GAN: its latent space is attacked instead.", show_default="the first --fake", rich_help_panel=P_OMAT)] = "",
@@ -138,6 +139,7 @@ def train(
     refresh_every: Annotated[int, typer.Option(help="Epochs between pool refreshes (0: offline pool only).", rich_help_panel=P_OMAT)] = 2,
     refresh_size: Annotated[int, typer.Option(help="Adversarial fakes added per refresh.", rich_help_panel=P_OMAT)] = 32,
     omat_epochs: Annotated[int, typer.Option(help="Adversarial-training epochs.", rich_help_panel=P_OMAT)] = 6,
+    omat_lr: Annotated[float, typer.Option(help="Learning rate of the adversarial epochs.", show_default="--lr / 4", rich_help_panel=P_OMAT)] = 0.0,
     attack_steps: Annotated[int, typer.Option(help="Attack steps on z_T per image.", rich_help_panel=P_OMAT)] = 10,
     attack_lr: Annotated[float, typer.Option(rich_help_panel=P_OMAT)] = 0.1,
     out: Annotated[Path, typer.Option(help="Detector folder (config.json, model.safetensors, results.json).", rich_help_panel=P_OUT)] = Path("runs/detect"),
@@ -165,7 +167,7 @@ def train(
     if not len(real_tr) or not len(fake_tr) or not len(real_val) or not len(fake_val):
         raise GuardgenError(f"too few images to train and validate ({len(real_x)} real, {len(fake_x)} fake)")
     params = dict(backbone=backbone, mode=mode, pretrained_file=pretrained_file, input_size=input_size, resize=resize,
-                  epochs=epochs, batch_size=batch_size, lr=lr, model_args=parse_sets(model_arg), seed=seed, device=device,
+                  epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, model_args=parse_sets(model_arg), seed=seed, device=device,
                   mixed_precision=mixed_precision)
     console.print(f"training a [bold]{backbone}[/] detector ({mode}) on {len(real_tr)} real / {len(fake_tr)} fake images"
                   + (" with OMAT" if omat else "") + f" -> {out}")
@@ -185,7 +187,7 @@ def train(
             raise GuardgenError(f"{gen_spec}: OMAT attacks a diffusion model's initial noise or a GAN's latent space; pass "
                                 "--generator with a diffusion pipeline (zoo:mnist-ddpm) or a GAN (zoo:mnist-gan), not an image folder")
         runner = OMAT(detector=params, epochs=omat_epochs, pool_size=pool_size, refresh_every=refresh_every,
-                      refresh_size=refresh_size, seed=seed,
+                      refresh_size=refresh_size, lr=omat_lr, seed=seed,
                       attack={"steps": attack_steps, "lr": attack_lr, "num_inference_steps": sample_steps},
                       latent_attack={"steps": attack_steps, "lr": attack_lr})
         with progress_callback("omat", keys=("loss", "success_rate")) as cb:

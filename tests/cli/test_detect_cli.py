@@ -58,7 +58,8 @@ def test_omat_and_attack_on_a_tiny_pipeline(folders, tiny_class_pipeline):
                     "--sample-steps", 2, "--omat", "--pool-size", 2, "--refresh-size", 0, "--omat-epochs", 1,
                     "--attack-steps", 1, "--out", det, *TINY)
     assert result.exit_code == 0, result.output
-    assert "omat" in json.loads((det / "config.json").read_text())
+    omat = json.loads((det / "config.json").read_text())["omat"]
+    assert omat["lr"] == 0.0 and omat["pool"] == 2  # 0: the adversarial epochs run at --lr / 4
     result = invoke("detect", "attack", "--detector", det, "--generator", tiny_class_pipeline, "--n", 2, "--steps", 1,
                     "--sample-steps", 2, "--out", folders / "att")
     assert result.exit_code == 0, result.output
@@ -77,6 +78,9 @@ def test_bad_inputs_exit_2(folders):
     result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--omat", "--generator",
                     folders / "gens", "--out", folders / "d2", *TINY)
     assert result.exit_code == 2 and "diffusion" in text(result)
+    result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--lr-schedule", "step",
+                    "--out", folders / "d3", *TINY)
+    assert result.exit_code == 2 and "lr_schedule" in text(result)
     result = invoke("detect", "attack", "--detector", det, "--generator", "zoo:mnist-oracle")
     assert result.exit_code == 2 and "not a generator" in text(result)
     # the detector's preprocessing refuses 16x16 input (trained at 8x8 with --resize none)

@@ -38,6 +38,18 @@ def test_detector_learns_a_planted_artifact():
     assert acc0 < 0.75
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_lr_schedule(schedule):
+    real, fake = planted(32, 0)
+    det = tiny(epochs=2, lr_schedule=schedule).fit(real, fake)
+    lrs = [h["lr"] for h in det.history_]
+    assert len(lrs) == 8 and lrs[0] == pytest.approx(3e-3)
+    if schedule == "cosine":  # decays every step towards 0 over the whole run
+        assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.05 * lrs[0]
+    else:
+        assert all(lr == pytest.approx(3e-3) for lr in lrs)
+
+
 def test_linear_probe_trains_only_the_head():
     real, fake = planted(64, 0)
     det = tiny(epochs=0).fit(real, fake)
@@ -99,6 +111,8 @@ def test_bad_inputs():
         tiny().fit(real, fake[:0])
     with pytest.raises(GuardgenError, match="mode"):
         tiny(mode="lora").fit(real, fake)
+    with pytest.raises(GuardgenError, match="lr_schedule"):
+        tiny(lr_schedule="step").fit(real, fake)
     with pytest.raises(GuardgenError, match="not trained"):
         tiny().predict_proba(real)
     with pytest.raises(GuardgenError, match="not a detector folder"):
