@@ -31,7 +31,7 @@ from guardgen.models.conditioning import conditioning_for
 from guardgen.utils import Callback, make_accelerator
 from unlearn import UNLEARN
 
-__all__ = ["Redaction", "GENERIC_PROMPTS"]
+__all__ = ["Redaction", "GENERIC_PROMPTS", "apply_rules"]
 
 # generic captions that anchor the encoder away from the redaction set (non-redacted conditionals)
 GENERIC_PROMPTS = [
@@ -114,7 +114,7 @@ class Redaction:
         ref_of = {}
         for i, base in enumerate(forget):
             for p in _augment([base]):
-                ref_of[p] = _apply_rules(p, self.replace) if _has_key(p, self.replace) else reference[i % len(reference)]
+                ref_of[p] = apply_rules(p, self.replace) if _has_key(p, self.replace) else reference[i % len(reference)]
         retained = list(dict.fromkeys([*retain, *enc.default_retain(), "", *GENERIC_PROMPTS,
                                        *_random_prompts(enc.words(), self.random_prompts, rng)]))
         if self.replace:  # Omega by keyword rules: the key inserted into other prompts, referenced by its replacement
@@ -123,7 +123,7 @@ class Redaction:
                 words = rng.choice(hosts).split()
                 words.insert(rng.randint(0, len(words)), rng.choice(sorted(self.replace)))
                 p = " ".join(words)
-                ref_of[p] = _apply_rules(p, self.replace)
+                ref_of[p] = apply_rules(p, self.replace)
         redacted = list(ref_of)
         retained = [p for p in retained if p not in ref_of and not _has_key(p, self.replace)]
         with torch.no_grad():
@@ -293,7 +293,7 @@ def _has_key(prompt: str, rules: dict) -> bool:
     return any(k.lower() in words for k in rules)
 
 
-def _apply_rules(prompt: str, rules: dict) -> str:
+def apply_rules(prompt: str, rules: dict) -> str:
     """Replace whole words (case-insensitive) by their rule: "a scribbled seven" -> "a scribbled one"."""
     import re
 
