@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--n-transfer", type=int, default=30, help="images per transfer attack")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the transfer attacks")
     ap.add_argument("--transfer-steps", type=int, default=0, help="attack steps of the transfer runs (0: the default budget)")
+    ap.add_argument("--meta-inner-lr", type=float, default=0.0, help="meta mode's virtual step (0: LatentEvasion's default)")
     ap.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=False, help="hold out every detector in turn")
     ap.add_argument("--omat-epochs", type=int, default=3)
     ap.add_argument("--omat-pool", type=int, default=256)
@@ -169,6 +170,8 @@ def main() -> None:
                 succ, fid, wsucc = [], [], []
                 for group in groups:
                     budget = {"steps": args.transfer_steps} if args.transfer_steps else {}
+                    if mode == "meta" and args.meta_inner_lr:
+                        budget["inner_lr"] = args.meta_inner_lr
                     r = LatentEvasion(mode=mode, seed=args.seed + 100 * s, **budget).attack(
                         gen, [dets[w] for w in group], args.n_transfer, classifier=oracle, target=tg, names=group)
                     p = detector_scores(hview, r.images)[:, 0]

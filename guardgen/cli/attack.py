@@ -184,7 +184,7 @@ def evade(
     n: Annotated[int, typer.Option(help="Images to generate and attack.", rich_help_panel=P_BUDGET)] = 32,
     steps: Annotated[int, typer.Option(help="Adam steps on the latent codes.", rich_help_panel=P_BUDGET)] = 60,
     lr: Annotated[float, typer.Option(rich_help_panel=P_BUDGET)] = 0.05,
-    inner_lr: Annotated[float, typer.Option(help="Meta mode: virtual-step size.", rich_help_panel=P_BUDGET)] = 0.1,
+    inner_lr: Annotated[float, typer.Option(help="Meta mode: virtual-step size.", rich_help_panel=P_BUDGET)] = 0.02,
     candidates: Annotated[int, typer.Option(help="Start from the best of k random codes for the attribute.", rich_help_panel=P_BUDGET)] = 32,
     out: Annotated[Path, typer.Option(help="Run folder: gallery.png (before/after), adversarial/, results.json.", rich_help_panel=P_OUT)] = Path("runs/evade"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
