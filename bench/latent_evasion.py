@@ -1,6 +1,6 @@
 """Benchmark latent-space evasion of forensic detectors on the zoo: white-box, transfer (single / ensemble / meta), OMAT.
 
-    OMP_NUM_THREADS=1 python bench/latent_evasion.py            # CPU, about 13 minutes on 2 busy (shared) cores
+    OMP_NUM_THREADS=1 python bench/latent_evasion.py            # CPU, about 5 minutes on 2 idle cores
     python bench/latent_evasion.py --tag cpu-rotate --rotate --seeds 1 --stages transfer --reuse   # every detector held out
     python bench/latent_evasion.py --tag cpu-steps150 --stages transfer --reuse --transfer-steps 150  # larger budget
 
