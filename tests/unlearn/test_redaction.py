@@ -11,7 +11,7 @@ from guardgen.models import load_model
 from guardgen.models.conditioning import conditioning_for
 from guardgen.models.diffusion import sample_images, save_pipeline
 from unlearn import UNLEARN
-from unlearn.redaction import Redaction, _apply_rules, _has_key, _layer_list
+from unlearn.redaction import Redaction, apply_rules, _has_key, _layer_list
 
 
 def _embed(pipe, prompts):
@@ -89,7 +89,7 @@ def test_sentence_encoder_redaction_round_trip(tmp_path):
 
 def test_keyword_rules():
     assert _has_key("A scribbled Seven.", {"seven": "one"}) and not _has_key("sevenfold", {"seven": "one"})
-    assert _apply_rules("a Seven and 7", {"seven": "one", "7": "1"}) == "a one and 1"
+    assert apply_rules("a Seven and 7", {"seven": "one", "7": "1"}) == "a one and 1"
 
 
 @pytest.mark.parametrize("kwargs,fit,message", [
