@@ -54,7 +54,7 @@ class Redaction:
     lora_rank: int = 8
     lambda_redact: float = 1.0
     lr: float = 5e-5
-    iterations: int = 300
+    iterations: int = 600  # zoo t2i: 300 left 0.972 label agreement on non-redacted prompts, 600 gave 0.983
     batch_size: int = 32  # prompts per step, half redacted, half retained
     random_prompts: int = 512  # random word strings added to the retained set (keeps unrelated text in place)
     # keyword rules, as the paper defines Omega over captions: any prompt containing a key is redacted, and its
