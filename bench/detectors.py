@@ -15,7 +15,7 @@ detector and adds an offline pool plus refreshed pools of on-manifold adversaria
 
 Figures (targets of issue 4): on-manifold attack success at a fixed step budget on the same latents
 (OMAT <= 0.5x standard), mean cross-generator AUROC over the held-out generators (OMAT >= standard, with a
-paired bootstrap CI of the difference), in-distribution accuracy drop (<= 1 point), training throughput.
+paired bootstrap CI of the difference; also split by family, diffusion and GAN), in-distribution accuracy drop (<= 1 point), training throughput.
 Writes bench/results/detectors-TAG.json after every stage and a markdown table (.md beside it).
 """
 
@@ -69,6 +69,11 @@ def available_generators() -> list[str]:
                 continue
             names.append(name)
     return names
+
+
+def family(name: str) -> str:
+    """'gan' or 'diffusion', from the zoo entry."""
+    return "gan" if ZOO[name].kind == "gan" else "diffusion"
 
 
 def in_distribution_accuracy(det, real, fake) -> float:
@@ -173,6 +178,8 @@ def main() -> None:
         res["summary"][name] = {
             "in_distribution_accuracy": in_distribution_accuracy(det, real_test, test_fakes[TRAIN_GENERATOR]),
             "mean_cross_auroc": float(np.mean([ev["generators"][g]["auroc"] for g in held_out])) if held_out else float("nan"),
+            "mean_cross_auroc_by_family": {f: float(np.mean([ev["generators"][g]["auroc"] for g in held_out if family(g) == f]))
+                                           for f in sorted({family(g) for g in held_out})},
         }
     for name in ("standard+epochs", "omat"):
         if held_out:
@@ -249,6 +256,9 @@ def markdown(res: dict, held_out: list[str]) -> str:
              f"{s['standard+epochs']['mean_cross_auroc']:.4f} | {s['omat']['mean_cross_auroc']:.4f} | OMAT >= standard "
              f"(diff {v['mean_cross_auroc_difference']['value']:+.4f}, 95% CI {v['mean_cross_auroc_difference']['ci'][0]:+.4f} to "
              f"{v['mean_cross_auroc_difference']['ci'][1]:+.4f}) | {'yes' if v['mean_cross_auroc_difference']['met'] else 'no'} |",
+             *[f"| mean cross-generator AUROC, {f} only | {s['standard']['mean_cross_auroc_by_family'][f]:.4f} | "
+               f"{s['standard+epochs']['mean_cross_auroc_by_family'][f]:.4f} | {s['omat']['mean_cross_auroc_by_family'][f]:.4f} | "
+               f"(reported) | |" for f in s["standard"]["mean_cross_auroc_by_family"]],
              f"| in-distribution accuracy (test reals + mnist-ddpm) | {s['standard']['in_distribution_accuracy']:.4f} | "
              f"{s['standard+epochs']['in_distribution_accuracy']:.4f} | {s['omat']['in_distribution_accuracy']:.4f} | drop <= 0.01 "
              f"(drop {v['in_distribution_accuracy_drop']['value']:+.4f}) | {'yes' if v['in_distribution_accuracy_drop']['met'] else 'no'} |",
