@@ -15,7 +15,8 @@ detector and adds an offline pool plus refreshed pools of on-manifold adversaria
 
 Figures (targets of issue 4): on-manifold attack success at a fixed step budget on the same latents
 (OMAT <= 0.5x standard), mean cross-generator AUROC over the held-out generators (OMAT >= standard, with a
-paired bootstrap CI of the difference; also split by family, diffusion and GAN), in-distribution accuracy drop (<= 1 point), training throughput.
+paired bootstrap CI of the difference; also split by family, diffusion and GAN), in-distribution accuracy drop
+(<= 1 point), training throughput.
 Writes bench/results/detectors-TAG.json after every stage and a markdown table (.md beside it).
 """
 
@@ -175,10 +176,11 @@ def main() -> None:
         ev = evaluate_generators(det, real_test, test_fakes, real_heldout=real_held, fpr=0.01, n_boot=args.n_boot, seed=args.seed)
         evals[name] = ev
         res["per_generator"][name] = {k: v for k, v in ev.items() if k != "scores"}
+        auroc = {g: ev["generators"][g]["auroc"] for g in held_out}
         res["summary"][name] = {
             "in_distribution_accuracy": in_distribution_accuracy(det, real_test, test_fakes[TRAIN_GENERATOR]),
-            "mean_cross_auroc": float(np.mean([ev["generators"][g]["auroc"] for g in held_out])) if held_out else float("nan"),
-            "mean_cross_auroc_by_family": {f: float(np.mean([ev["generators"][g]["auroc"] for g in held_out if family(g) == f]))
+            "mean_cross_auroc": float(np.mean(list(auroc.values()))) if held_out else float("nan"),
+            "mean_cross_auroc_by_family": {f: float(np.mean([a for g, a in auroc.items() if family(g) == f]))
                                            for f in sorted({family(g) for g in held_out})},
         }
     for name in ("standard+epochs", "omat"):

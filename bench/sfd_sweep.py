@@ -100,7 +100,8 @@ def main() -> None:
             if step not in args.eval_at:
                 return
             clock["train"] += time.perf_counter() - clock["since"]
-            kinds = ["ema", "online"] if args.score_online and sfd.ema_halflife > 0 else ["ema" if sfd.ema_halflife > 0 else "online"]
+            has_ema = sfd.ema_halflife > 0
+            kinds = ["ema", "online"] if has_ema and args.score_online else ["ema" if has_ema else "online"]
             for kind in kinds:
                 one = sfd.to_pipeline(pipe, device=None, online=kind == "online")
                 with torch.no_grad():

@@ -211,7 +211,7 @@ class SFD:
                 save_training_state(state_dir, step=step, modules=self._modules(acc, fake, gen, ema),
                                     optimizers={"fake": opt_fake, "generator": opt_gen}, extra={"history": self.history_})
         self.online_generator_ = acc.unwrap_model(gen).eval().requires_grad_(False)
-        self.generator_ = ema.eval() if ema is not None else self.online_generator_
+        self.generator_ = ema if ema is not None else self.online_generator_  # the EMA is built in eval mode
         self.fake_score_ = acc.unwrap_model(fake).eval().requires_grad_(False)
         self.train_seconds_ = time.perf_counter() - t0
         if state_dir is not None and state_dir.exists():
