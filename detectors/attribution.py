@@ -48,7 +48,7 @@ from torch import nn
 
 from detectors import DETECTORS
 from guardgen.errors import GuardgenError
-from guardgen.utils import Callback, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator
 
 __all__ = ["OpenWorldAttribution", "AttributionNet", "WTAHash", "merge_clusters", "discovery_metrics", "OOD_SCORERS"]
 
@@ -293,7 +293,7 @@ class OpenWorldAttribution:
         net = self.network_.train()
         counts = torch.bincount(y_all, minlength=self.num_classes_).float()
         weight = (counts.max() / counts.clamp_min(1)) if self.class_weighted else torch.ones_like(counts)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=fused(acc.device))
         net, opt = acc.prepare(net, opt)
         weight = weight.to(acc.device)
         n = len(y_all)

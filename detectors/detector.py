@@ -23,7 +23,7 @@ from torch import nn
 
 from detectors import DETECTORS
 from guardgen.errors import GuardgenError
-from guardgen.utils import Callback, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator
 
 __all__ = ["Detector", "DetectorModule"]
 
@@ -168,7 +168,7 @@ class Detector:
         else:
             module.requires_grad_(True)
             params = list(module.parameters())
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused(acc.device))
         module, opt = acc.prepare(module, opt)
         steps_per_epoch = max(1, -(-len(x) // self.batch_size))
         total = self.epochs * steps_per_epoch

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guardgen.errors import GuardgenError
-from guardgen.utils import Callback, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator
 from unlearn import UNLEARN
 
 __all__ = ["AdaptThenUnlearn", "GANFineTune", "REPULSIONS", "GAMMA_DEFAULTS", "repulsion_loss", "parameter_distance",
@@ -317,8 +317,8 @@ class _GANUnlearnBase:
         disc = copy.deepcopy(discriminator).train()
         for module in (gen, disc):
             module.requires_grad_(True)
-        opt_g = torch.optim.Adam(gen.parameters(), lr=self.lr_g, betas=tuple(self.betas))
-        opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr_d, betas=tuple(self.betas))
+        opt_g = torch.optim.Adam(gen.parameters(), lr=self.lr_g, betas=tuple(self.betas), fused=fused(acc.device))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr_d, betas=tuple(self.betas), fused=fused(acc.device))
         gen, disc, opt_g, opt_d = acc.prepare(gen, disc, opt_g, opt_d)
         extra = (lambda g: extra_g(acc.unwrap_model(g))) if extra_g is not None else None
         for step in range(1, iterations + 1):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for
-from guardgen.utils import Callback, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator
 from unlearn import UNLEARN
 
 __all__ = ["ESD"]
@@ -65,7 +65,7 @@ class ESD:
         frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval().to(acc.device)
         unet = copy.deepcopy(pipe.unet).train()
         params = self._params(unet)
-        opt = torch.optim.Adam(params, lr=self.lr)
+        opt = torch.optim.Adam(params, lr=self.lr, fused=fused(acc.device))
         unet, opt = acc.prepare(unet, opt)
         sampler = DDIMScheduler.from_config(pipe.scheduler.config)
         sampler.set_timesteps(self.ddim_steps, device=acc.device)

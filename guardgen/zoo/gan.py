@@ -30,7 +30,7 @@ from guardgen.data import load_mnist as _load_mnist
 from guardgen.data.transforms import to_model_range
 from guardgen.errors import GuardgenError
 from guardgen.models.gan import GAN_ARCHITECTURES, sample_gan, save_gan
-from guardgen.utils import Callback, make_accelerator, seed_everything
+from guardgen.utils import Callback, fused, make_accelerator, seed_everything
 from guardgen.zoo._loop import batch_indices, step_generator, write_model_card
 
 __all__ = [
@@ -157,8 +157,8 @@ def build_gan(config: GANConfig, out: str | Path, *, resume: bool = False, callb
     d_args = dict(resolution=config.resolution, channels=1, width=config.d_width, num_classes=0)
     gen, disc = arch.generator(**g_args), arch.discriminator(**d_args)
     ema = copy.deepcopy(gen).requires_grad_(False)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=tuple(config.betas))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr_d, betas=tuple(config.betas))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=tuple(config.betas), fused=fused(acc.device))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr_d, betas=tuple(config.betas), fused=fused(acc.device))
     gen, disc, opt_g, opt_d = acc.prepare(gen, disc, opt_g, opt_d)
     ema.to(acc.device)
 
