@@ -132,28 +132,29 @@ class AttributeGuide:
         f = self.classifier.forward_head(f, pre_logits=True) if hasattr(self.classifier, "forward_head") else f.flatten(1)
         return F.normalize(f.float().flatten(1), dim=1)
 
-    def batch_targets(self, offset, m):
-        return None if self.targets is None else self.targets[offset:offset + m]
+    def batch_targets(self, idx):
+        return None if self.targets is None else self.targets[idx]
 
-    def loss(self, x, offset, repeat: int = 1) -> torch.Tensor:
-        """(B,) attribute loss; ``repeat``: x holds ``repeat`` consecutive candidates per image."""
+    def loss(self, x, idx, repeat: int = 1) -> torch.Tensor:
+        """(B,) attribute loss of images ``idx`` ((B // repeat,) indices); ``repeat``: x holds ``repeat``
+        consecutive candidates per image."""
         if self.mode == "none":
             return torch.zeros(len(x))
         if self.mode == "reference":
             return 1 - (self._features(x) * self.ref_features.to(x.device)).sum(1).cpu()
         logits = self._logits(x)
-        t = self.targets[offset:offset + len(x) // repeat].repeat_interleave(repeat)
+        t = self.targets[idx].repeat_interleave(repeat)
         if self.mode == "keep" and bool((t < 0).any()):  # the start class becomes the target
-            self.targets[offset:offset + len(x)] = logits.argmax(1).cpu()
-            t = self.targets[offset:offset + len(x)]
+            self.targets[idx] = logits.argmax(1).cpu()
+            t = self.targets[idx]
         return F.cross_entropy(logits, t.to(logits.device), reduction="none").cpu()
 
     @torch.no_grad()
-    def ok(self, x, offset) -> torch.Tensor | None:
+    def ok(self, x, idx) -> torch.Tensor | None:
         if self.classifier is None or self.targets is None:
             return None
-        return self._logits(x).argmax(1).cpu() == self.targets[offset:offset + len(x)]
+        return self._logits(x).argmax(1).cpu() == self.targets[idx]
 
     @torch.no_grad()
-    def distance(self, x, offset) -> torch.Tensor | None:
+    def distance(self, x, idx) -> torch.Tensor | None:
         return None if self.mode != "reference" else 1 - (self._features(x) * self.ref_features.to(x.device)).sum(1).cpu()

@@ -186,6 +186,7 @@ def evade(
     lr: Annotated[float, typer.Option(rich_help_panel=P_BUDGET)] = 0.05,
     inner_lr: Annotated[float, typer.Option(help="Meta mode: virtual-step size.", rich_help_panel=P_BUDGET)] = 0.02,
     candidates: Annotated[int, typer.Option(help="Start from the best of k random codes for the attribute.", rich_help_panel=P_BUDGET)] = 32,
+    restarts: Annotated[int, typer.Option(help="Fresh starts (each a full --steps run) for images that end a run unsuccessful.", rich_help_panel=P_BUDGET)] = 2,
     out: Annotated[Path, typer.Option(help="Run folder: gallery.png (before/after), adversarial/, results.json.", rich_help_panel=P_OUT)] = Path("runs/evade"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -202,8 +203,8 @@ def evade(
 
     if attribute is not None and reference is not None:
         raise GuardgenError("pass --attribute or --reference, not both")
-    runner = LatentEvasion(mode=mode, steps=steps, lr=lr, inner_lr=inner_lr, candidates=candidates, layers=layers,
-                           attribute_weight=attribute_weight, reg_weight=reg_weight, seed=seed)
+    runner = LatentEvasion(mode=mode, steps=steps, lr=lr, inner_lr=inner_lr, candidates=candidates, restarts=restarts,
+                           layers=layers, attribute_weight=attribute_weight, reg_weight=reg_weight, seed=seed)
     runner._validate_params()
     space = _evade_generator(generator)
     clf, names, size = _evade_classifier(classifier)
@@ -245,7 +246,8 @@ def evade(
                "detectors": per, "attribute_fidelity": fidelity, "attribute_fidelity_before": summary.get("attribute_fidelity_before"),
                "feature_distance": summary.get("feature_distance"), "mean_drift": summary["mean_drift"],
                "seconds": summary["seconds"], "notes": res.notes + bnotes, "config": runner.config(),
-               "targets": None if res.targets is None else res.targets.tolist(), "kept_step": res.kept_step.tolist()}
+               "targets": None if res.targets is None else res.targets.tolist(), "kept_step": res.kept_step.tolist(),
+               "steps_used": res.steps_used.tolist()}
     k = min(n, 16)
     pairs = torch.cat([torch.cat([res.clean[i:i + k], res.images[i:i + k]]) for i in range(0, n, k)])
     save_grid(pairs, out / "gallery.png", nrow=k)
@@ -255,5 +257,5 @@ def evade(
     extra = f"attribute fidelity {fidelity:.3f} (before {summary['attribute_fidelity_before']:.3f})" if fidelity is not None else ""
     if summary.get("feature_distance") is not None:
         extra += f"; feature distance to the reference {summary['feature_distance']:.3f}"
-    console.print(f"{extra}; mean latent drift {summary['mean_drift']:.3f}")
+    console.print(f"{extra}; mean latent drift {summary['mean_drift']:.3f}; mean steps per image {summary['mean_steps_used']:.1f}")
     console.print(f"gallery: {out / 'gallery.png'} (rows: before, after)  results: {out / 'results.json'}")

@@ -190,3 +190,18 @@ def test_omat_trains_against_latent_attacks():
     assert [(log["stage"], log["source"]) for log in runner.attack_log_] == [("offline pool", "gan 0"), ("refresh 1", "gan 0")]
     with pytest.raises(GuardgenError, match="no diffusion latent"):
         OMAT().fit(real, fake)
+
+
+def test_restarts_retry_only_the_failures():
+    space = latent_space(tiny_gan())
+    det = Brightness(level_below_clean(space, 0.5))  # about half the starts pass; short runs barely move them
+    kw = dict(steps=4, lr=0.01, reg_weight=0.1, candidates=1, seed=0)
+    one = LatentEvasion(restarts=0, **kw).attack(space, [det], 16)
+    more = LatentEvasion(restarts=3, **kw).attack(space, [det], 16)
+    ok = one.success[:, 0]
+    assert 0.1 < ok.float().mean() < 0.9 and (one.steps_used == 4).all()  # this budget leaves failures to retry
+    assert torch.equal(more.codes0["z"][ok], one.codes0["z"][ok]) and torch.equal(more.images[ok], one.images[ok])
+    assert (more.steps_used[ok] == 4).all() and (more.steps_used[~ok] > 4).all()
+    assert (more.kept_step[~ok & more.success[:, 0]] > 4).all()  # a replaced record counts the earlier runs
+    assert more.success.float().mean() > ok.float().mean()
+    assert not torch.equal(more.codes0["z"][~ok & more.success[:, 0]], one.codes0["z"][~ok & more.success[:, 0]])
