@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--refresh-size", type=int, default=32)
     ap.add_argument("--omat-epochs", type=int, default=6)
     ap.add_argument("--pool-repeat", type=int, default=3)
+    ap.add_argument("--keep", default="all", choices=["all", "success"], help="attacked images kept in OMAT's pool")
     ap.add_argument("--omat-lr", type=float, default=0.0, help="learning rate of OMAT's adversarial rounds (0: OMAT's default, --lr / 4)")
     ap.add_argument("--n-boot", type=int, default=300)
     ap.add_argument("--loo", action="store_true", help="also run leave-one-generator-out (standard detectors)")
@@ -156,7 +157,7 @@ def main() -> None:
     ddpm = load_model(f"zoo:{TRAIN_GENERATOR}")
     t0 = time.perf_counter()
     omat = OMAT(detector=det_cfg, epochs=args.omat_epochs, pool_size=args.pool_size, refresh_every=args.refresh_every,
-                refresh_size=args.refresh_size, pool_repeat=args.pool_repeat, seed=args.seed, lr=args.omat_lr,
+                refresh_size=args.refresh_size, pool_repeat=args.pool_repeat, keep=args.keep, seed=args.seed, lr=args.omat_lr,
                 attack={"steps": args.attack_steps, "lr": args.attack_lr, "num_inference_steps": args.sample_steps,
                         "batch_size": 32})
     omat.fit(real_tr, fake_tr, pipe=ddpm, base=standard)

@@ -71,11 +71,17 @@ def test_bad_json_is_one_line_error(tmp_path):
         load_json(tmp_path / "config.json")
 
 
-def test_training_state_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("fused_step", [False, True])
+def test_training_state_resumes_exactly(tmp_path, fused_step):
+    """The trainers ask for the fused Adam step where ``fused`` allows it; its state resumes exactly too."""
+    from guardgen.utils import fused
+
+    assert fused("cpu") and fused(torch.device("cpu")) and not fused("meta")
+
     def make():
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 1)
-        return model, torch.optim.Adam(model.parameters(), lr=0.1)
+        return model, torch.optim.Adam(model.parameters(), lr=0.1, fused=fused_step)
 
     def run(model, opt, steps):
         for _ in range(steps):
