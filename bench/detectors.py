@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--refresh-size", type=int, default=32)
     ap.add_argument("--omat-epochs", type=int, default=6)
     ap.add_argument("--pool-repeat", type=int, default=3)
+    ap.add_argument("--augment", type=float, default=0.0, help="blur + JPEG training augmentation probability (CNNDetection)")
+    ap.add_argument("--blur-max", type=float, default=1.0, help="largest blur sigma of the augmentation, px at 16 px")
     ap.add_argument("--keep", default="all", choices=["all", "success"], help="attacked images kept in OMAT's pool")
     ap.add_argument("--omat-lr", type=float, default=0.0, help="learning rate of OMAT's adversarial rounds (0: OMAT's default, --lr / 4)")
     ap.add_argument("--n-boot", type=int, default=300)
@@ -140,7 +142,7 @@ def main() -> None:
     # ---------------------------------------------------------------- standard detector
     det_cfg = {"backbone": "guardgen_digitnet", "model_args": {"width": args.width}, "epochs": args.epochs,
                "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "mixed_precision": args.mixed_precision,
-               "seed": args.seed}
+               "seed": args.seed, "augment": args.augment, "blur_sigma": (0.0, args.blur_max)}
     t0 = time.perf_counter()
     standard = Detector(**det_cfg).fit(real_tr, fake_tr)
     res["standard_train"] = {"seconds": round(standard.train_seconds_, 2), "images_per_second": round(standard.train_images_per_second_, 1)}

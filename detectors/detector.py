@@ -95,6 +95,12 @@ class Detector:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"  # "cosine" (decay to 0 over the run, per step) | "constant"
+    # training augmentation as CNNDetection (Wang et al., CVPR 2020): each image is blurred with probability
+    # ``augment`` (sigma uniform in ``blur_sigma``, px) and, independently, JPEG re-encoded (quality uniform in
+    # ``jpeg_quality``); 0 = off. Wang et al. use 0.1 and 0.5 with sigma 0-3 at 256 px; scale sigma to the image size.
+    augment: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 3.0)
+    jpeg_quality: tuple[int, int] = (30, 100)
     threshold: float = 0.5  # p_fake above it -> fake
     warm_start: bool = False  # fit() continues from the current weights (used by OMAT)
     seed: int = 0
@@ -114,6 +120,14 @@ class Detector:
             raise GuardgenError(f"unknown lr_schedule {self.lr_schedule!r}; use cosine or constant")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise GuardgenError("epochs >= 0, batch_size >= 1 and lr > 0 are needed")
+        if not 0 <= self.augment <= 1:
+            raise GuardgenError(f"augment is a probability in [0, 1], got {self.augment}")
+        if self.augment and self.mode == "linear_probe":
+            raise GuardgenError("augment needs mode finetune (the linear probe trains on features computed once)")
+        lo, hi = self.blur_sigma
+        qlo, qhi = self.jpeg_quality
+        if not (0 <= lo <= hi and 1 <= qlo <= qhi <= 100):
+            raise GuardgenError("blur_sigma needs 0 <= low <= high and jpeg_quality 1 <= low <= high <= 100")
 
     def _build(self, images: torch.Tensor) -> None:
         """Create ``module_`` for images shaped like ``images`` (N, C, H, W)."""
@@ -192,8 +206,9 @@ class Detector:
             for i in range(0, len(x), self.batch_size):
                 idx = perm[i:i + self.batch_size]
                 yb = y[idx].to(acc.device)
+                xb = None if linear else _augment(x[idx], self.augment, self.blur_sigma, self.jpeg_quality, g)
                 with acc.autocast():
-                    logits = head(feats[idx]).reshape(-1) if linear else module(x[idx].to(acc.device))
+                    logits = head(feats[idx]).reshape(-1) if linear else module(xb.to(acc.device))
                 loss = F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight.to(acc.device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"detector loss is not finite at epoch {epoch + 1}; lower lr")
@@ -326,6 +341,23 @@ class Detector:
     def clone(self) -> "Detector":
         """A deep copy (weights included)."""
         return copy.deepcopy(self)
+
+
+def _augment(x: torch.Tensor, p: float, sigma: tuple, quality: tuple, g: torch.Generator) -> torch.Tensor:
+    """Blur and JPEG, each with probability ``p`` per image (N, C, H, W) in [0, 1]; a no-op at p = 0."""
+    if p <= 0:
+        return x
+    from detectors.evaluate import perturb
+
+    x = x.clone()
+    u = torch.rand(len(x), 4, generator=g).tolist()
+    for i in range(len(x)):
+        if u[i][0] < p:
+            s = float(sigma[0] + (sigma[1] - sigma[0]) * u[i][1])
+            x[i:i + 1] = perturb(x[i:i + 1], "blur", s) if s > 0 else x[i:i + 1]
+        if u[i][2] < p:
+            x[i:i + 1] = perturb(x[i:i + 1], "jpeg", int(round(quality[0] + (quality[1] - quality[0]) * u[i][3])))
+    return x
 
 
 def _as_images(images, what: str) -> torch.Tensor:

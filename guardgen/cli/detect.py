@@ -132,6 +132,8 @@ def train(
     lr: Annotated[float, typer.Option(rich_help_panel=P_MODEL)] = 2e-3,
     lr_schedule: Annotated[str, typer.Option(help="cosine (decays to 0 over the run) or constant.", rich_help_panel=P_MODEL)] = "cosine",
     model_arg: Annotated[list[str], typer.Option(help="Extra timm kwargs KEY=VALUE, e.g. patch_size=4 (repeatable).", rich_help_panel=P_MODEL)] = [],
+    augment: Annotated[float, typer.Option(help="Blur + JPEG augmentation probability per image (CNNDetection uses 0.1 or 0.5).", rich_help_panel=P_MODEL)] = 0.0,
+    blur_max: Annotated[float, typer.Option(help="Largest blur sigma of the augmentation, in pixels (Wang et al.: 3 at 256 px).", rich_help_panel=P_MODEL)] = 3.0,
     omat: Annotated[bool, typer.Option("--omat", help="On-manifold adversarial training (OMAT).", rich_help_panel=P_OMAT)] = False,
     generator: Annotated[str, typer.Option(help="Diffusion generator whose z_T is attacked; a GAN: its latent space is attacked instead.", show_default="the first --fake", rich_help_panel=P_OMAT)] = "",
     latent_generator: Annotated[list[str], typer.Option(help="GAN whose latent space is attacked as well (latent evasion; repeatable).", rich_help_panel=P_OMAT)] = [],
@@ -168,7 +170,7 @@ def train(
         raise GuardgenError(f"too few images to train and validate ({len(real_x)} real, {len(fake_x)} fake)")
     params = dict(backbone=backbone, mode=mode, pretrained_file=pretrained_file, input_size=input_size, resize=resize,
                   epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, model_args=parse_sets(model_arg), seed=seed, device=device,
-                  mixed_precision=mixed_precision)
+                  mixed_precision=mixed_precision, augment=augment, blur_sigma=(0.0, blur_max))
     console.print(f"training a [bold]{backbone}[/] detector ({mode}) on {len(real_tr)} real / {len(fake_tr)} fake images"
                   + (" with OMAT" if omat else "") + f" -> {out}")
     with progress_callback("detector", keys=("loss",)) as cb:

@@ -37,11 +37,13 @@ def folders(tmp_path):
 
 def test_train_eval_score_from_folders(folders):
     data, det = folders / "data", folders / "det"
-    result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--out", det, *TINY)
+    result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--augment", 0.5, "--blur-max", 1,
+                    "--out", det, *TINY)
     assert result.exit_code == 0, result.output
     assert "1 unreadable" in text(result)
     config = json.loads((det / "config.json").read_text())
     assert config["preprocessing"]["input_size"] == 8 and config["data"]["n_fake"] == 24
+    assert config["detector"]["augment"] == 0.5 and config["detector"]["blur_sigma"] == [0.0, 1.0]
     result = invoke("detect", "eval", "--detector", det, "--real", data, "--fake", folders / "gens", "--resolution", 8,
                     "--n-boot", 10, "--robustness", "--out", folders / "ev")
     assert result.exit_code == 0, result.output
@@ -81,6 +83,9 @@ def test_bad_inputs_exit_2(folders):
     result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--lr-schedule", "step",
                     "--out", folders / "d3", *TINY)
     assert result.exit_code == 2 and "lr_schedule" in text(result)
+    result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--augment", 2,
+                    "--out", folders / "d4", *TINY)
+    assert result.exit_code == 2 and "probability" in text(result)
     result = invoke("detect", "attack", "--detector", det, "--generator", "zoo:mnist-oracle")
     assert result.exit_code == 2 and "not a generator" in text(result)
     # the detector's preprocessing refuses 16x16 input (trained at 8x8 with --resize none)

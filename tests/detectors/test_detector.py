@@ -124,3 +124,28 @@ def test_backbone_too_deep_for_the_input_size_is_one_line_error():
     with pytest.raises(GuardgenError, match="cannot run on 16x16 images.*--input-size"):
         Detector(backbone="test_convnext", epochs=1).fit(real, fake)
     Detector(backbone="test_convnext", epochs=1, input_size=32, batch_size=4).fit(real, fake)  # resized: it runs
+
+
+def test_blur_jpeg_augmentation():
+    from detectors.detector import _augment
+    from detectors.evaluate import perturb
+
+    real, fake = planted(200, 0)
+    g = torch.Generator().manual_seed(0)
+    assert _augment(real, 0.0, (0.0, 3.0), (30, 100), g) is real  # off: untouched, no random numbers drawn
+    both = _augment(real[:4], 1.0, (1.0, 1.0), (90, 90), g)
+    assert torch.allclose(both, perturb(perturb(real[:4], "blur", 1.0), "jpeg", 90))  # blur, then JPEG
+    some = _augment(real, 0.5, (0.5, 2.0), (30, 100), g)
+    changed = ((some - real).abs().flatten(1).amax(1) > 1e-6).float().mean()
+    assert 0.6 < changed < 0.9  # 1 - 0.5 * 0.5 of the images get blur or JPEG or both
+    a = tiny(epochs=1, augment=0.5, blur_sigma=(0.0, 1.0)).fit(real, fake)
+    b = tiny(epochs=1, augment=0.5, blur_sigma=(0.0, 1.0)).fit(real, fake)
+    c = tiny(epochs=1).fit(real, fake)
+    pa, pb, pc = (d.predict_proba(real[:32]) for d in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.allclose(pa, pc)  # seeded, and the augmentation reaches training
+    with pytest.raises(GuardgenError, match="probability"):
+        tiny(augment=1.5).fit(real, fake)
+    with pytest.raises(GuardgenError, match="finetune"):
+        tiny(augment=0.5, mode="linear_probe").fit(real, fake)
+    with pytest.raises(GuardgenError, match="blur_sigma"):
+        tiny(augment=0.5, blur_sigma=(2.0, 1.0)).fit(real, fake)
