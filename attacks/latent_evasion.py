@@ -24,7 +24,8 @@ state. An image that ends a run without such a state starts again from fresh cod
 again), up to ``restarts`` times, each run a full ``steps`` budget; a successful restart replaces the record.
 Restarts are the random restarts of robustness evaluations (PGD, AutoAttack): some starts sit in basins where
 the detector holds. On the zoo's hardest pair (a ConvNeXt detector, mnist-gan-resnet, 50 images) 60 steps from
-one start reached 0.64; 300 steps 0.84; the union of four 30-step starts 0.96. Detectors of another input size than the generator's images are resized (bilinear) and noted
+one start reached 0.64; 300 steps 0.84; the union of four 30-step starts 0.96.
+Detectors of another input size than the generator's images are resized (bilinear) and noted
 (``attacks.latent_guidance``: detector views and the attribute term).
 """
 
