@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectors import DETECTORS
+from detectors.evaluate import perturb
 from guardgen.errors import GuardgenError
 from guardgen.utils import Callback, fused, make_accelerator
 
@@ -347,8 +348,6 @@ def _augment(x: torch.Tensor, p: float, sigma: tuple, quality: tuple, g: torch.G
     """Blur and JPEG, each with probability ``p`` per image (N, C, H, W) in [0, 1]; a no-op at p = 0."""
     if p <= 0:
         return x
-    from detectors.evaluate import perturb
-
     x = x.clone()
     u = torch.rand(len(x), 4, generator=g).tolist()
     for i in range(len(x)):
