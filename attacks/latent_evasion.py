@@ -160,7 +160,7 @@ class LatentEvasion:
                 if not failed.any():
                     break
                 retry = self._batch(space, attack_views, guide, self._start(space, guide, idx[failed], g), layers, idx[failed],
-                                    b, n_batches, g, callback)
+                                    b, n_batches, g, callback, run=r)
                 retry["kept_step"] += part["steps_used"][failed]
                 part["steps_used"][failed] += retry["steps_used"]
                 _replace(part, failed.nonzero()[:, 0][retry["valid"]], retry, retry["valid"])
@@ -188,8 +188,9 @@ class LatentEvasion:
         best = loss.argmin(1) + torch.arange(m) * k
         return {c: v[best] for c, v in codes.items()}
 
-    def _batch(self, space, views, guide, codes0, layers, idx, b, n_batches, g, callback) -> dict:
-        """One run of ``steps`` Adam steps from ``codes0`` for images ``idx`` (a tensor of indices)."""
+    def _batch(self, space, views, guide, codes0, layers, idx, b, n_batches, g, callback, run: int = 0) -> dict:
+        """One run of ``steps`` Adam steps from ``codes0`` for images ``idx`` (a tensor of indices); ``run`` 0 is the
+        first, 1.. the restarts (the progress callback counts each run's steps over the batch again)."""
         m = len(next(iter(codes0.values())))
         masks = {k: _mask(space, k, v, layers) for k, v in codes0.items()}
         codes = {k: v.clone().requires_grad_(True) for k, v in codes0.items()}
@@ -231,7 +232,8 @@ class LatentEvasion:
                 space.project(codes)
             if callback is not None:
                 callback(b * self.steps + step + 1, {"total": n_batches * self.steps, "loss": loss.item(),
-                                                     "success_rate": float(valid.float().mean()), "batch": b + 1})
+                                                     "success_rate": float(valid.float().mean()), "batch": b + 1,
+                                                     "run": run + 1})
         never = ~ever
         with torch.no_grad():  # images that never became valid keep their final state
             for k in kept:

@@ -219,7 +219,7 @@ def evade(
             raise GuardgenError(f"{reference}: not a readable image") from None
     white = [Detector.from_pretrained(p) for p in detector]
     black = [Detector.from_pretrained(p) for p in black_box]
-    with progress_callback(f"latent evasion ({mode})", keys=("loss", "success_rate")) as cb:
+    with progress_callback(f"latent evasion ({mode})", keys=("loss", "success_rate", "run")) as cb:
         res = runner.attack(space, white, n, classifier=clf, target=target, reference=ref, classifier_size=size,
                             names=[str(p) for p in detector], callback=cb)
     shape = tuple(res.images.shape[1:])

@@ -197,7 +197,9 @@ def test_restarts_retry_only_the_failures():
     det = Brightness(level_below_clean(space, 0.5))  # about half the starts pass; short runs barely move them
     kw = dict(steps=4, lr=0.01, reg_weight=0.1, candidates=1, seed=0)
     one = LatentEvasion(restarts=0, **kw).attack(space, [det], 16)
-    more = LatentEvasion(restarts=3, **kw).attack(space, [det], 16)
+    runs = []
+    more = LatentEvasion(restarts=3, **kw).attack(space, [det], 16, callback=lambda step, logs: runs.append(logs["run"]))
+    assert runs[0] == 1 and max(runs) > 1  # the progress logs say which run (first, then restarts)
     ok = one.success[:, 0]
     assert 0.1 < ok.float().mean() < 0.9 and (one.steps_used == 4).all()  # this budget leaves failures to retry
     assert torch.equal(more.codes0["z"][ok], one.codes0["z"][ok]) and torch.equal(more.images[ok], one.images[ok])
