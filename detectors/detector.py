@@ -125,6 +125,8 @@ class Detector:
             raise GuardgenError(f"augment is a probability in [0, 1], got {self.augment}")
         if self.augment and self.mode == "linear_probe":
             raise GuardgenError("augment needs mode finetune (the linear probe trains on features computed once)")
+        if len(self.blur_sigma) != 2 or len(self.jpeg_quality) != 2:
+            raise GuardgenError("blur_sigma and jpeg_quality are (low, high) ranges")
         lo, hi = self.blur_sigma
         qlo, qhi = self.jpeg_quality
         if not (0 <= lo <= hi and 1 <= qlo <= qhi <= 100):
