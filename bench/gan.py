@@ -2,6 +2,9 @@
 
     python bench/gan.py                                   # both parts, CPU
     python bench/gan.py --parts attribution --tag quick
+    python bench/gan.py --parts attribution --ood pu --tag pu     # transductive PU scorer for discovery
+    python bench/gan.py --parts attribution --seen real mnist-gan mnist-gan-dcgan-s1 mnist-gan-upsample \
+        --unseen mnist-gan-resnet mnist-gan-resnet-s1 mnist-gan-upsample-s1 --tag unseen-resnet
 
 Part unlearn: zoo:mnist-gan, forget --forget-class (default 7) with the zoo oracle as the classifier.
 Adapt-then-Unlearn with each repulsion form (inverse, negative, exponential L2; stage 1 is run once and
@@ -10,8 +13,9 @@ digit). Figures: share of samples the oracle labels as the digit (before/after, 
 oracle features to the real retained test digits (target <= 1.2x the original's), precision/recall.
 
 Part attribution: seen sources real MNIST + mnist-gan + mnist-gan-upsample + mnist-gan-resnet; unseen
-mnist-gan-dcgan-s1, mnist-gan-upsample-s1, mnist-gan-resnet-s1 (same architectures, other seeds).
-Closed-set accuracy on seen test images (target >= 95%), OOD AUROC of each scorer (seen vs unseen),
+mnist-gan-dcgan-s1, mnist-gan-upsample-s1, mnist-gan-resnet-s1 (same architectures, other seeds; --seen
+and --unseen pick others). Closed-set accuracy on seen test images (target >= 95%), OOD AUROC of each
+scorer (seen vs unseen; ``pu`` is transductive: the test images are its cross-fitted unlabelled pool),
 then discovery over all test images: NMI and purity (targets >= 0.85), ARI, unseen generators
 discovered as their own clusters (target >= 2 of 3), share of images discovered.
 
@@ -109,6 +113,7 @@ def run_attribution(args, record, save) -> None:
     from detectors.attribution import OpenWorldAttribution, discovery_metrics
     from guardgen.metrics import auroc
 
+    SEEN, UNSEEN = args.seen, args.unseen
     names = SEEN + UNSEEN
     x_train, y_train = _sources(SEEN, args.train_per_source, args.seed, "train")
     x_test, y_test = _sources(names, args.test_per_source, args.seed + 1, "test")
@@ -131,7 +136,8 @@ def run_attribution(args, record, save) -> None:
                                           for i, n in enumerate(UNSEEN)}
     scores = model.ood_scores(x_test)
     is_seen = seen_mask.numpy().astype(int)
-    part["ood_auroc"] = {k: auroc(is_seen, scores[k].numpy()) for k in ("wta", "msp", "energy")}
+    part["ood_auroc"] = {k: auroc(is_seen, scores[k].numpy()) for k in ("wta", "msp", "energy", "knn")}
+    part["ood_auroc"]["pu"] = auroc(is_seen, -model.novelty_scores(x_test).numpy())  # transductive, cross-fitted
     save()
     print(f"closed-set accuracy {closed:.4f}; rejected seen {part['seen_rejected']:.3f}, unseen {part['unseen_rejected']:.3f}; "
           f"OOD AUROC {part['ood_auroc']}", flush=True)
@@ -188,11 +194,11 @@ def markdown(record) -> str:
                   f"| closed-set accuracy on seen | {a['closed_set_accuracy']:.4f} | >= 0.95 |",
                   f"| seen test images rejected as unknown (before discovery) | {a['seen_rejected']:.3f} | |",
                   f"| unseen test images rejected as unknown (before discovery) | {a['unseen_rejected']:.3f} | |",
-                  f"| OOD AUROC wta / msp / energy | {a['ood_auroc']['wta']:.3f} / {a['ood_auroc']['msp']:.3f} / {a['ood_auroc']['energy']:.3f} | |",
+                  "| OOD AUROC " + " / ".join(a["ood_auroc"]) + " | " + " / ".join(f"{v:.3f}" for v in a["ood_auroc"].values()) + " | |",
                   f"| NMI (all test images) | {m['nmi']:.3f} | >= 0.85 |",
                   f"| purity (all test images) | {m['purity']:.3f} | >= 0.85 |",
                   f"| ARI (all test images) | {m['ari']:.3f} | |",
-                  f"| unseen generators discovered | {m['num_unseen_discovered']} of 3 ({', '.join(m['unseen_discovered']) or 'none'}) | >= 2 of 3 |",
+                  f"| unseen generators discovered | {m['num_unseen_discovered']} of {len(a['unseen'])} ({', '.join(m['unseen_discovered']) or 'none'}) | >= 2 of 3 |",
                   f"| share of test images in discovered clusters | {m['share_discovered']:.3f} | |",
                   f"| share of unseen-source images in discovered clusters | {m['share_unseen_in_clusters']:.3f} | |",
                   f"| clusters kept | {m['clusters']} | |", ""]
@@ -222,6 +228,8 @@ def main() -> None:
                    help="also treat samples with oracle p(forgotten) >= this as showing it (0: argmax only, the paper's "
                         "labelling and the method's default)")
     # attribution
+    p.add_argument("--seen", nargs="+", default=SEEN, help="labelled sources: 'real' and zoo GAN names")
+    p.add_argument("--unseen", nargs="+", default=UNSEEN, help="zoo GANs only in the discovery pool")
     p.add_argument("--train-per-source", type=int, default=4000)
     p.add_argument("--test-per-source", type=int, default=300)
     p.add_argument("--width", type=int, default=16)
@@ -229,7 +237,7 @@ def main() -> None:
     p.add_argument("--later-epochs", type=int, default=5)
     p.add_argument("--clusters", type=int, default=12)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--ood", default="wta", choices=["wta", "msp", "energy"], help="OOD scorer used for discovery")
+    p.add_argument("--ood", default="wta", choices=["wta", "msp", "energy", "knn", "pu"], help="OOD scorer used for discovery")
     p.add_argument("--svm-min-members", type=int, default=20)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -12,8 +12,12 @@ iterative discovery on a pool of unlabelled images. Each round:
    embeddings, ``P`` random permutations, one-hot argmax of the first ``K`` permuted coordinates;
    distance ``P - <h_a, h_b>``; an image is in-distribution for class c when its mean distance to c's
    reference codes is below the ``wta_quantile`` quantile of c's pairwise distances), and beside it
-   maximum softmax probability (``msp``) and ``energy`` (logsumexp of the logits) with per-class
-   quantile thresholds;
+   maximum softmax probability (``msp``), ``energy`` (logsumexp of the logits) and ``knn`` (Sun et al.,
+   ICML 2022: cosine similarity of the L2-normalised backbone features to the ``knn_k``-th nearest
+   reference image of the predicted class) with per-class quantile thresholds; and the transductive
+   ``pu`` (:mod:`detectors.novelty`): a cross-fitted logistic regression of the known classes plus a
+   *pool* class over the pool's pixels rejects the images that only the pool class explains
+   (p(pool) >= ``pu_threshold``); before a pool exists it falls back to ``msp``;
 3. **cluster**: k-means (scikit-learn, k-means++) of the undiscovered embeddings;
 4. **merge**: each centroid links to its nearest centroid; the strongly (or weakly) connected
    components of that 1-NN graph (scipy) are merged, new clusters among themselves first, then with
@@ -52,7 +56,7 @@ from guardgen.utils import Callback, fused, make_accelerator
 
 __all__ = ["OpenWorldAttribution", "AttributionNet", "WTAHash", "merge_clusters", "discovery_metrics", "OOD_SCORERS"]
 
-OOD_SCORERS = ("wta", "msp", "energy")
+OOD_SCORERS = ("wta", "msp", "energy", "knn", "pu")
 UNKNOWN = -1
 
 
@@ -94,11 +98,16 @@ class AttributionNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(embed_dim, num_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(backbone features (B, F), embedding (B, embed_dim))."""
         x = x * 2 - 1
         if self.highpass:  # add the high-frequency residual (generator fingerprints live there) as channels
             x = torch.cat([x, (x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)) * 4], dim=1)
-        return self.mlp(self.backbone(x))
+        f = self.backbone(x)
+        return f, self.mlp(f)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(self.embed(x)))
@@ -207,7 +216,10 @@ class OpenWorldAttribution:
     wta_permutations: int = 2048
     wta_k: int = 2
     wta_quantile: float = 0.9
-    score_quantile: float = 0.05  # msp / energy: reject below this quantile of the class's calibration scores
+    score_quantile: float = 0.05  # msp / energy / knn: reject below this quantile of the class's calibration scores
+    knn_k: int = 10  # knn: the k-th nearest reference image of the predicted class
+    pu_threshold: float = 0.5  # pu: reject pool images whose cross-fitted p(pool) is at least this
+    pu_folds: int = 2
     n_clusters: int = 12  # k of k-means (paper: 500)
     merge: str = "strong"  # "strong" | "weak" connected components of the 1-NN centroid graph
     svm_min_fraction: float = 0.5
@@ -273,6 +285,10 @@ class OpenWorldAttribution:
             raise GuardgenError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.merge not in ("strong", "weak"):
             raise GuardgenError(f"merge must be strong or weak, got {self.merge!r}")
+        if self.knn_k < 1:
+            raise GuardgenError(f"knn_k must be at least 1, got {self.knn_k}")
+        if not 0 < self.pu_threshold < 1 or self.pu_folds < 2:
+            raise GuardgenError(f"pu_threshold must be in (0, 1) and pu_folds at least 2, got {self.pu_threshold}, {self.pu_folds}")
         if self.n_clusters < 2:
             raise GuardgenError(f"n_clusters must be at least 2, got {self.n_clusters}")
 
@@ -324,18 +340,19 @@ class OpenWorldAttribution:
         self.network_ = acc.unwrap_model(net).cpu().eval()
 
     @torch.no_grad()
-    def _forward(self, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embeddings (N, D), logits (N, K)) on CPU."""
+    def _forward(self, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embeddings (N, D), logits (N, K), L2-normalised backbone features (N, F)) on CPU."""
         net = self.network_.eval()
         device = next(net.parameters()).device
-        embs, logits = [], []
+        embs, logits, feats = [], [], []
         for i in range(0, len(images), batch_size):
-            e = net.embed(images[i:i + batch_size].to(device))
+            f, e = net.features(images[i:i + batch_size].to(device))
             embs.append(e.float().cpu())
             logits.append(net.head(e).float().cpu())
+            feats.append(F.normalize(f.float(), dim=1).cpu())
         if not embs:
-            return torch.empty(0, self.embed_dim), torch.empty(0, self.num_classes_)
-        return torch.cat(embs), torch.cat(logits)
+            return torch.empty(0, self.embed_dim), torch.empty(0, self.num_classes_), torch.empty(0, 0)
+        return torch.cat(embs), torch.cat(logits), torch.cat(feats)
 
     def _standardise(self, emb: torch.Tensor) -> torch.Tensor:
         return (emb - self.feat_mean_) / self.feat_std_
@@ -350,10 +367,10 @@ class OpenWorldAttribution:
     def _calibrate(self) -> None:
         """Feature statistics, WTA reference codes and per-class thresholds of every scorer."""
         x_train, _ = self._training_set()
-        emb_train, _ = self._forward(x_train)
+        emb_train = self._forward(x_train)[0]
         self.feat_mean_, self.feat_std_ = emb_train.mean(0), emb_train.std(0).clamp_min(1e-6)
         x_ref, y_ref = self._reference()
-        emb, logits = self._forward(x_ref)
+        emb, logits, feats = self._forward(x_ref)
         z = self._standardise(emb)
         if not hasattr(self, "wta_") or self.wta_.perms.shape[1] != self.wta_k:
             self.wta_ = WTAHash(self.embed_dim, self.wta_permutations, self.wta_k, seed=self.seed)
@@ -365,6 +382,8 @@ class OpenWorldAttribution:
         self.centroids_ = torch.zeros(K, emb.shape[1])
         g = torch.Generator().manual_seed(self.seed + 17)
         probs, energy = logits.softmax(1), torch.logsumexp(logits, 1)
+        self.knn_threshold_ = torch.zeros(K)
+        knn_refs, knn_labels = [], []
         for c in range(K):
             idx = torch.nonzero(y_ref == c).flatten()
             if len(idx) == 0:
@@ -378,15 +397,60 @@ class OpenWorldAttribution:
             self.wta_threshold_[c] = torch.quantile(pair, self.wta_quantile) if len(pair) else float(self.wta_.P)
             self.msp_threshold_[c] = torch.quantile(probs[idx, c], self.score_quantile)
             self.energy_threshold_[c] = torch.quantile(energy[idx], self.score_quantile)
+            # knn: each reference image's k-th neighbour among the others (leave-one-out)
+            refs = feats[sub]
+            k = min(self.knn_k, max(len(sub) - 1, 1))
+            own = (refs @ refs.T).fill_diagonal_(-2.0) if len(sub) > 1 else refs @ refs.T
+            self.knn_threshold_[c] = torch.quantile(own.topk(k, dim=1).values[:, -1], self.score_quantile)
+            knn_refs.append(refs)
+            knn_labels.append(torch.full((len(sub),), c))
+        self.knn_refs_, self.knn_labels_ = torch.cat(knn_refs), torch.cat(knn_labels)
+        # pu: one regression with the pool images left undiscovered as the pool class, for images that arrive later
+        self.novelty_ = None
+        rest = self.pool_[self.pool_labels_ == UNKNOWN]
+        if self.ood == "pu" and len(rest) >= 2:
+            self.novelty_ = self._pu().fit(*self._known(), rest)
 
-    def _accept(self, emb: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pu(self):
+        from detectors.novelty import PoolNovelty
+
+        return PoolNovelty(folds=self.pu_folds, seed=self.seed + self.round_)
+
+    def _known(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labelled images of the known classes for the pu scorer: all labelled images, cluster members."""
+        in_cluster = self.pool_labels_ >= self.num_seen_
+        return (torch.cat([self.train_images_, self.calib_images_, self.pool_[in_cluster]]),
+                torch.cat([self.train_labels_, self.calib_labels_, self.pool_labels_[in_cluster]]))
+
+    def novelty_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Cross-fitted p(pool) (N,) of ``images`` taken as an unlabelled pool against the known classes
+        (the ``pu`` scorer's statistic; higher = more novel). Does not change the model."""
+        self._fitted()
+        return self._pu().cross_fit(*self._known(), self._check_shape(_check_images(images)))
+
+    def _knn_score(self, feats: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each image's features (N, F) to its k-th nearest reference of class ``pred`` (N,)."""
+        sim = feats @ self.knn_refs_.T  # (N, R)
+        sim = sim.masked_fill(self.knn_labels_[None, :] != pred[:, None], -2.0)
+        k = min(self.knn_k, len(self.knn_refs_))
+        return sim.topk(k, dim=1).values[:, -1]
+
+    def _accept(self, emb: torch.Tensor, logits: torch.Tensor, feats: torch.Tensor,
+                images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted class (N,), accepted (N,) bool) with the configured OOD scorer."""
         pred = logits.argmax(1)
-        if self.ood == "wta":
+        ood = self.ood
+        if ood == "pu" and (images is None or getattr(self, "novelty_", None) is None):
+            ood = "msp"  # no pool regression yet
+        if ood == "pu":
+            ok = self.novelty_.score(images) < self.pu_threshold
+        elif ood == "knn":
+            ok = self._knn_score(feats, pred) >= self.knn_threshold_[pred]
+        elif ood == "wta":
             codes = self.wta_.codes(self._standardise(emb))
             dist = self.wta_.P - (codes @ self.mean_codes_.T)  # (N, K) mean distance to each class
             ok = dist.gather(1, pred[:, None])[:, 0] < self.wta_threshold_[pred]
-        elif self.ood == "msp":
+        elif ood == "msp":
             ok = logits.softmax(1).gather(1, pred[:, None])[:, 0] >= self.msp_threshold_[pred]
         else:
             ok = torch.logsumexp(logits, 1) >= self.energy_threshold_[pred]
@@ -395,12 +459,13 @@ class OpenWorldAttribution:
     def ood_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every scorer's in-distribution score for the predicted class (higher = more in-distribution)."""
         self._fitted()
-        emb, logits = self._forward(_check_images(images))
+        emb, logits, feats = self._forward(_check_images(images))
         pred = logits.argmax(1)
         codes = self.wta_.codes(self._standardise(emb))
         dist = self.wta_.P - (codes @ self.mean_codes_.T)
         return {"wta": -dist.gather(1, pred[:, None])[:, 0] + self.wta_threshold_[pred],
-                "msp": logits.softmax(1).max(1).values, "energy": torch.logsumexp(logits, 1), "pred": pred}
+                "msp": logits.softmax(1).max(1).values, "energy": torch.logsumexp(logits, 1),
+                "knn": self._knn_score(feats, pred), "pred": pred}
 
     # ------------------------------------------------------------------ discovery
 
@@ -440,13 +505,21 @@ class OpenWorldAttribution:
         self.round_ += 1
         rec = {"round": self.round_}
         # OOD over the whole pool with the current network and classes
-        emb, logits = self._forward(self.pool_)
-        pred, ok = self._accept(emb, logits)
+        emb, logits, feats = self._forward(self.pool_)
+        pred, ok = self._accept(emb, logits, feats)
+        if self.ood == "pu":  # transductive: cross-fitted against the known classes
+            clustered = self.pool_labels_ >= self.num_seen_
+            ok = clustered.clone()
+            novelty = self._pu().cross_fit(*self._known(), self.pool_[~clustered])
+            ok[~clustered] = novelty < self.pu_threshold
+            rec["pool_novelty_mean"] = float(novelty.mean())
         labels = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
         undiscovered = torch.nonzero(~ok).flatten()
         rec["accepted"] = int(ok.sum())
         rec["undiscovered"] = len(undiscovered)
         z = F.normalize(self._standardise(emb), dim=1).numpy()
+        if self.ood == "pu":  # cluster in the pixel space whitened by the known classes' within-class scatter
+            z = self._pu().whiten(*self._known(), self.pool_)
         k = min(self.n_clusters, len(undiscovered) // max(self.svm_min_members // 2, 2))
         old = [c for c in range(self.num_seen_, self.num_classes_)]
         if k >= 2:
@@ -537,8 +610,9 @@ class OpenWorldAttribution:
         full-set metrics do.
         """
         self._fitted()
-        emb, logits = self._forward(self._check_shape(_check_images(images)))
-        pred, ok = self._accept(emb, logits)
+        images = self._check_shape(_check_images(images))
+        emb, logits, feats = self._forward(images)
+        pred, ok = self._accept(emb, logits, feats, images)
         out = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
         if assign_unknown and (~ok).any():
             z = F.normalize(self._standardise(emb[~ok]), dim=1)
@@ -569,8 +643,11 @@ class OpenWorldAttribution:
                   "history": [h for h in self.history_ if "loss" not in h], **(extra or {})}
         ood = {"perms": self.wta_.perms, "mean_codes": self.mean_codes_, "wta_threshold": self.wta_threshold_,
                "msp_threshold": self.msp_threshold_, "energy_threshold": self.energy_threshold_,
+               "knn_refs": self.knn_refs_, "knn_labels": self.knn_labels_, "knn_threshold": self.knn_threshold_,
                "feat_mean": self.feat_mean_, "feat_std": self.feat_std_, "centroids": self.centroids_}
         weights = {"model": self.network_.state_dict(), "ood": ood}
+        if getattr(self, "novelty_", None) is not None:
+            weights["novelty"] = self.novelty_.state_dict()
         if keep_data:
             q = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
             weights["data"] = {"train_images": q(self.train_images_), "train_labels": self.train_labels_,
@@ -608,6 +685,12 @@ class OpenWorldAttribution:
         self.wta_ = WTAHash(self.embed_dim, perms=ood["perms"])
         self.mean_codes_, self.wta_threshold_ = ood["mean_codes"], ood["wta_threshold"]
         self.msp_threshold_, self.energy_threshold_ = ood["msp_threshold"], ood["energy_threshold"]
+        if "knn_refs" not in ood:
+            raise GuardgenError(f"{folder}/ood.safetensors has no knn references; it was saved by an older guardgen, "
+                                "retrain it with `guardgen attribute fit`")
+        self.knn_refs_, self.knn_labels_ = ood["knn_refs"], ood["knn_labels"].long()
+        self.knn_threshold_ = ood["knn_threshold"]
+        self.novelty_ = self._pu().load_state_dict(weights["novelty"]) if "novelty" in weights else None
         self.feat_mean_, self.feat_std_, self.centroids_ = ood["feat_mean"], ood["feat_std"], ood["centroids"]
         data = weights.get("data")
         shape = self.image_shape_

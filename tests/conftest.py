@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,3 +46,22 @@ def tiny_sd_pipeline(tmp_path):
                                    requires_safety_checker=False)
     pipe.save_pretrained(tmp_path / "tiny-sd")
     return tmp_path / "tiny-sd"
+
+
+def make_sources(n: int, seed: int, res: int = 8, n_src: int = 5):
+    """Smooth random images plus one fixed high-frequency fingerprint per source (source 0 has none: "real")."""
+    g = torch.Generator().manual_seed(seed)
+    fingerprints = torch.randn(n_src, 1, res, res, generator=torch.Generator().manual_seed(123)) * 0.2
+    fingerprints[0] = 0
+    xs, ys = [], []
+    for s in range(n_src):
+        base = F.avg_pool2d(torch.rand(n, 1, 2 * res, 2 * res, generator=g), 2)
+        xs.append((base * 0.6 + 0.2 + fingerprints[s]).clamp(0, 1))
+        ys.append(torch.full((n,), s))
+    return torch.cat(xs), torch.cat(ys)
+
+
+@pytest.fixture(scope="session", name="make_sources")
+def make_sources_fixture():
+    """``make_sources(n, seed)``: n images per source of 5 sources with planted fingerprints, and their labels."""
+    return make_sources

@@ -102,14 +102,8 @@ def test_unlearn_concept_gan_bad_input(tmp_path, tiny_gan, tiny_oracle):
     assert result.exit_code == 2 and "nothing to unlearn" in result.output, result.output
 
 
-def _write_sources(root, n, seed, names):
-    import sys
-    from pathlib import Path
-
+def _write_sources(make_sources, root, n, seed, names):
     from guardgen.data import write_image_set
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "detectors"))
-    from test_attribution import make_sources
 
     x, y = make_sources(n, seed=seed)
     for i, name in enumerate(names):
@@ -118,9 +112,9 @@ def _write_sources(root, n, seed, names):
     return root
 
 
-def test_attribute_fit_discover_predict(tmp_path):
-    seen = _write_sources(tmp_path / "seen", 100, 0, ["real", "gan-a", "gan-b", None, None])
-    pool = _write_sources(tmp_path / "pool", 60, 1, ["real", "gan-a", "gan-b", "gan-c", "gan-d"])
+def test_attribute_fit_discover_predict(tmp_path, make_sources):
+    seen = _write_sources(make_sources, tmp_path / "seen", 100, 0, ["real", "gan-a", "gan-b", None, None])
+    pool = _write_sources(make_sources, tmp_path / "pool", 60, 1, ["real", "gan-a", "gan-b", "gan-c", "gan-d"])
     model = tmp_path / "model"
     settings = ["--set", "width=8", "--set", "embed_dim=32", "--set", "epochs=12", "--set", "later_epochs=3",
                 "--set", "lr=0.003", "--set", "batch_size=64", "--set", "wta_permutations=256",
@@ -137,6 +131,14 @@ def test_attribute_fit_discover_predict(tmp_path):
     assert result.exit_code == 0, result.output
     preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert len(preds["predictions"]) == 300 and preds["true"][0] == "gan-a"
+    # the transductive scorer from the CLI: fit with --set ood=pu, discover, predict
+    result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--out", str(tmp_path / "pu"), "--device", "cpu",
+                                 *settings, "--set", "ood=pu"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["attribute", "discover", str(tmp_path / "pu"), "--data", str(pool), "--rounds", "1",
+                                 "--out", str(tmp_path / "pu-found")])
+    assert result.exit_code == 0 and "nmi" in result.output, result.output
+    assert (tmp_path / "pu-found" / "novelty.safetensors").is_file()
     # too many clusters for the images given: one clear line
     result = runner.invoke(app, ["attribute", "discover", str(model), "--data", str(seen), "--clusters", "1000",
                                  "--out", str(tmp_path / "x")])

@@ -5,7 +5,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from detectors import DETECTORS
 from detectors.attribution import OpenWorldAttribution, WTAHash, discovery_metrics, merge_clusters
@@ -14,21 +13,8 @@ from guardgen.errors import GuardgenError
 SEEN, UNSEEN = [0, 1, 2], [3, 4]
 
 
-def make_sources(n: int, seed: int, res: int = 8, n_src: int = 5):
-    """Smooth random images plus one fixed high-frequency fingerprint per source (source 0 has none: "real")."""
-    g = torch.Generator().manual_seed(seed)
-    fingerprints = torch.randn(n_src, 1, res, res, generator=torch.Generator().manual_seed(123)) * 0.2
-    fingerprints[0] = 0
-    xs, ys = [], []
-    for s in range(n_src):
-        base = F.avg_pool2d(torch.rand(n, 1, 2 * res, 2 * res, generator=g), 2)
-        xs.append((base * 0.6 + 0.2 + fingerprints[s]).clamp(0, 1))
-        ys.append(torch.full((n,), s))
-    return torch.cat(xs), torch.cat(ys)
-
-
 @pytest.fixture(scope="module")
-def data():
+def data(make_sources):
     return make_sources(120, seed=0), make_sources(80, seed=1)
 
 
@@ -81,7 +67,7 @@ def test_closed_set_accuracy_and_rejection(fitted, data):
     assert fitted.predict_names(xt[:2]) == ["real", "real"]
 
 
-@pytest.mark.parametrize("scorer", ["msp", "energy"])
+@pytest.mark.parametrize("scorer", ["msp", "energy", "knn"])
 def test_simpler_scorers(fitted, data, scorer):
     _, (xt, yt) = data
     model = copy.copy(fitted)
@@ -102,6 +88,22 @@ def test_discovery_finds_the_planted_unseen_sources(fitted, data):
     assert (model.predict(xt[yt < 3]) == yt[yt < 3]).float().mean() > 0.7
 
 
+def test_transductive_pu_discovery(fitted, data):
+    """ood="pu": the pool is scored by a cross-fitted regression against the known classes, clustered in the
+    whitened pixel space; the planted unseen sources are discovered and new images keep their attribution."""
+    _, (xt, yt) = data
+    model = copy.deepcopy(fitted)
+    model.ood = "pu"
+    assert (model.predict(xt[yt < 3]) == yt[yt < 3]).float().mean() > 0.8  # no pool yet: max-softmax
+    novelty = model.novelty_scores(xt)
+    assert novelty[yt >= 3].mean() > 0.5 > novelty[yt < 3].mean()
+    model.discover(xt)
+    rounds = [h for h in model.history_ if "accepted" in h]
+    assert [h["round"] for h in rounds] == [1, 2] and all("pool_novelty_mean" in h for h in rounds)
+    m = discovery_metrics(yt.numpy(), model.predict(xt, assign_unknown=True).numpy(), unseen=UNSEEN)
+    assert m["num_unseen_discovered"] >= 1 and m["purity"] > 0.7 and m["nmi"] > 0.6
+
+
 def test_partial_fit_grows_the_pool_and_finds_a_new_source(fitted, data):
     _, (xt, yt) = data
     model = copy.deepcopy(fitted)
@@ -119,6 +121,9 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     assert not list(tmp_path.glob("attr/*.pkl"))
     loaded = OpenWorldAttribution.from_pretrained(tmp_path / "attr")
     assert torch.equal(loaded.predict(xt), fitted.predict(xt))
+    model = copy.copy(fitted)
+    model.ood = loaded.ood = "knn"  # the knn references and thresholds travel too
+    assert torch.equal(loaded.predict(xt), model.predict(xt))
     assert loaded.class_names_ == fitted.class_names_
     assert len(loaded.train_images_) == len(fitted.train_images_)
 
@@ -130,7 +135,9 @@ def test_bad_input(fitted, data):
     with pytest.raises(GuardgenError, match="at least 2 sources"):
         OpenWorldAttribution(device="cpu").fit(xt[:10], torch.zeros(10))
     with pytest.raises(GuardgenError, match="unknown OOD scorer"):
-        OpenWorldAttribution(ood="knn", device="cpu").fit(xt[:10], yt[:10])
+        OpenWorldAttribution(ood="mahalanobis", device="cpu").fit(xt[:10], yt[:10])
+    with pytest.raises(GuardgenError, match="pu_threshold"):
+        OpenWorldAttribution(ood="pu", pu_threshold=1.0, device="cpu").fit(xt[:10], yt[:10])
     with pytest.raises(GuardgenError, match="lr_schedule"):
         OpenWorldAttribution(lr_schedule="step", device="cpu").fit(xt[:10], yt[:10])
     with pytest.raises(GuardgenError, match="trained on"):
