@@ -105,7 +105,6 @@ def test_forensics_reports_how_detectable_samples_are(tmp_path, mnist):
     from guardgen.audit.forensics import forensics_section
 
     _, test = mnist
-    g = torch.Generator().manual_seed(0)
     real = test.images[:64]
     fake = real.clone()
     fake[:, :, 4:8, 4:8] = 1.0  # a planted, separable generator artifact

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from guardgen.cli import app
