@@ -17,7 +17,9 @@ iterative discovery on a pool of unlabelled images. Each round:
    reference image of the predicted class) with per-class quantile thresholds; and the transductive
    ``pu`` (:mod:`detectors.novelty`): a cross-fitted logistic regression of the known classes plus a
    *pool* class over the pool's pixels rejects the images that only the pool class explains
-   (p(pool) >= ``pu_threshold``); before a pool exists it falls back to ``msp``;
+   (p(pool) >= ``pu_threshold``) and attributes the rest to its most likely known class (the network,
+   trained on the seen sources, misattributes images of unseen ones with confidence); ``predict`` then
+   uses a regression fitted on the whole pool; before a pool exists ``pu`` falls back to ``msp``;
 3. **cluster**: k-means (scikit-learn, k-means++) of the undiscovered embeddings (with ``pu``: of the
    undiscovered images in the pixel space whitened by the known classes' within-class covariance, where
    the network's embedding, trained on the seen sources only, does not separate unseen ones);
@@ -313,7 +315,8 @@ class OpenWorldAttribution:
         if ood == "pu" and (images is None or getattr(self, "novelty_", None) is None):
             ood = "msp"  # no pool regression yet
         if ood == "pu":
-            ok = self.novelty_.score(images) < self.pu_threshold
+            proba = self.novelty_.predict_proba(images)
+            ok, pred = proba[:, -1] < self.pu_threshold, proba[:, :-1].argmax(1)
         elif ood == "knn":
             ok = self._knn_score(feats, pred) >= self.knn_threshold_[pred]
         elif ood == "wta":
@@ -380,8 +383,11 @@ class OpenWorldAttribution:
         if self.ood == "pu":  # transductive: cross-fitted against the known classes
             clustered = self.pool_labels_ >= self.num_seen_
             ok = clustered.clone()
-            novelty = self._pu().cross_fit(*self._known(), self.pool_[~clustered])
+            proba = self._pu().cross_fit(*self._known(), self.pool_[~clustered], proba=True)
+            novelty = proba[:, -1]
             ok[~clustered] = novelty < self.pu_threshold
+            pred[~clustered] = proba[:, :-1].argmax(1)  # the regression attributes the accepted ones too
+            pred[clustered] = self.pool_labels_[clustered]
             rec["pool_novelty_mean"] = float(novelty.mean())
         labels = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
         undiscovered = torch.nonzero(~ok).flatten()

@@ -60,18 +60,20 @@ class PoolNovelty:
         reg.fit((x - mean) / scale, y)
         return mean, scale, reg
 
-    def cross_fit(self, known: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-        """p(pool class) (N_pool,) for every pool image, each from a regression fitted without its fold."""
+    def cross_fit(self, known: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, *, proba: bool = False) -> torch.Tensor:
+        """p(pool class) (N_pool,) for every pool image, each from a regression fitted without its fold; with
+        ``proba`` the whole distribution (N_pool, max(labels) + 2): the known classes by id, the pool class last."""
         xk, yk = self._subsample(self.features(known), np.asarray(labels))
         xp = self.features(pool)
         if len(xk) == 0 or len(xp) < self.folds:
             raise GuardgenError(f"PU novelty needs known images and at least {self.folds} pool images")
         fold = np.random.default_rng(self.seed + 1).permutation(len(xp)) % self.folds
-        out = np.zeros(len(xp))
+        out = np.zeros((len(xp), yk.max() + 2))
         for f in range(self.folds):
             mean, scale, reg = self._regression(xk, yk, xp[fold != f])
-            out[fold == f] = reg.predict_proba((xp[fold == f] - mean) / scale)[:, -1]
-        return torch.from_numpy(out).float()
+            out[np.ix_(fold == f, reg.classes_)] = reg.predict_proba((xp[fold == f] - mean) / scale)
+        out = torch.from_numpy(out).float()
+        return out if proba else out[:, -1]
 
     def whiten(self, known: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, shrinkage: float = 1e-3) -> np.ndarray:
         """``images`` in the feature space whitened by the known classes' pooled within-class covariance
@@ -92,19 +94,28 @@ class PoolNovelty:
         self.mean_, self.scale_ = torch.from_numpy(mean).float(), torch.from_numpy(scale).float()
         self.coef_ = torch.from_numpy(reg.coef_).float()  # (K + 1, D), the pool class last
         self.intercept_ = torch.from_numpy(reg.intercept_).float()
+        self.classes_ = torch.from_numpy(reg.classes_).long()
         return self
 
-    def score(self, images: torch.Tensor) -> torch.Tensor:
-        """p(pool class) (N,) of new images under the fitted regression."""
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, max(labels) + 2) probabilities of new images under the fitted regression, the pool class last."""
         x = (torch.from_numpy(self.features(images)).float() - self.mean_) / self.scale_
         logits = x @ self.coef_.T + self.intercept_
         if logits.shape[1] == 1:  # two classes: scikit-learn keeps one row, for the last class
-            return logits[:, 0].sigmoid()
-        return logits.softmax(1)[:, -1]
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        out = torch.zeros(len(x), int(self.classes_.max()) + 1)
+        out[:, self.classes_] = logits.softmax(1)
+        return out
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """p(pool class) (N,) of new images under the fitted regression."""
+        return self.predict_proba(images)[:, -1]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_}
+        return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_,
+                "classes": self.classes_}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> "PoolNovelty":
         self.mean_, self.scale_, self.coef_, self.intercept_ = state["mean"], state["scale"], state["coef"], state["intercept"]
+        self.classes_ = state["classes"].long()
         return self

@@ -23,6 +23,15 @@ def test_cross_fit_scores_unseen_sources_as_novel(sources):
     assert novelty[pool_y < 3].mean() < 0.5 < novelty[pool_y >= 3].mean()
 
 
+def test_cross_fit_distribution_attributes_known_sources(sources):
+    x, y, pool, pool_y = sources
+    proba = PoolNovelty(seed=0).cross_fit(x, y, pool, proba=True)
+    assert proba.shape == (len(pool), 4) and torch.allclose(proba.sum(1), torch.ones(len(pool)), atol=1e-5)
+    seen = pool_y < 3
+    assert (proba[seen, :3].argmax(1) == pool_y[seen]).float().mean() > 0.95
+    assert torch.equal(PoolNovelty(seed=0).cross_fit(x, y, pool), proba[:, -1])
+
+
 def test_cross_fitting_does_not_memorise_the_pool(sources):
     """A pool of known-source images only: held-out scores stay low (an in-sample fit would call them novel)."""
     x, y, pool, pool_y = sources
@@ -47,6 +56,8 @@ def test_fitted_scorer_and_state_round_trip(sources, make_sources):
     assert scores[fresh[1] >= 3].mean() > scores[fresh[1] < 3].mean() + 0.3
     again = PoolNovelty().load_state_dict(model.state_dict())
     assert torch.equal(again.score(fresh[0]), scores)
+    proba = again.predict_proba(fresh[0])
+    assert proba.shape == (len(fresh[0]), 4) and (proba[fresh[1] < 3, :3].argmax(1) == fresh[1][fresh[1] < 3]).float().mean() > 0.95
 
 
 def test_features_pool_large_images():
