@@ -381,9 +381,9 @@ class OpenWorldAttribution:
         emb, logits, feats = self._forward(self.pool_)
         pred, ok = self._accept(emb, logits, feats)
         if self.ood == "pu":  # transductive: cross-fitted against the known classes
-            clustered = self.pool_labels_ >= self.num_seen_
+            known, clustered = self._known(), self.pool_labels_ >= self.num_seen_
             ok = clustered.clone()
-            proba = self._pu().cross_fit(*self._known(), self.pool_[~clustered], proba=True)
+            proba = self._pu().cross_fit(*known, self.pool_[~clustered], proba=True)
             novelty = proba[:, -1]
             ok[~clustered] = novelty < self.pu_threshold
             pred[~clustered] = proba[:, :-1].argmax(1)  # the regression attributes the accepted ones too
@@ -395,7 +395,7 @@ class OpenWorldAttribution:
         rec["undiscovered"] = len(undiscovered)
         z = F.normalize(self._standardise(emb), dim=1).numpy()
         if self.ood == "pu":  # cluster in the pixel space whitened by the known classes' within-class scatter
-            z = self._pu().whiten(*self._known(), self.pool_)
+            z = self._pu().whiten(*known, self.pool_)
         k = min(self.n_clusters, len(undiscovered) // max(self.svm_min_members // 2, 2))
         old = [c for c in range(self.num_seen_, self.num_classes_)]
         if k >= 2:
