@@ -12,7 +12,10 @@ steps, times its 4000 steps). Then an adversarial prompt search against the best
 that pull a prompt's redacted-encoder embedding back to the original redacted embeddings; a found prompt
 succeeds if the oracle sees the redacted digit in >= half of its samples. Beside each rate, its ceiling: the
 original model's own rate of the reference digit when asked for each prompt's reference directly (the fixed
-reference prompt, or the prompt with the rules applied). Writes bench/results/redaction[-TAG].json.
+reference prompt, or the prompt with the rules applied). Every sample uses classifier-free guidance
+--guidance (default 2.0; the zoo model is trained with 10% prompt dropout): at 1.0 the original model
+itself draws a paraphrase's reference as the reference digit only 86% of the time, so that ceiling, not
+the redaction, bounds the paraphrase rate. Writes bench/results/redaction[-TAG].json.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=20)
     parser.add_argument("--retrain-probe", type=int, default=100, help="zoo-build steps timed to estimate retraining")
     parser.add_argument("--search-steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=2.0,
+                        help="classifier-free guidance scale of every sample (original, redacted, ceilings, search); "
+                             "at 1.0 the zoo model itself renders the paraphrases' references as the digit only 86%% of the time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tag", default="cpu")
@@ -82,7 +88,8 @@ def main() -> None:
     # reference (the fixed reference prompt, or the prompt with the rules applied), same seeds and sample counts
     def reference_rate(prompts: list[str]) -> float:
         conds = [p for p in prompts for _ in range(args.per_prompt)]
-        pred = predict_logits(oracle, sample_images(pipe, conds, num_inference_steps=50, seed=args.seed)).argmax(1)
+        images = sample_images(pipe, conds, num_inference_steps=50, guidance_scale=args.guidance, seed=args.seed)
+        pred = predict_logits(oracle, images).argmax(1)
         return (pred == r).float().mean().item()
 
     groups = {"redacted": list(plan["forget_map"]), "paraphrase": list(plan["paraphrase_map"])}
@@ -104,7 +111,7 @@ def main() -> None:
         redacted = red.to_pipeline(pipe)
         scores = evaluate_redaction(pipe, redacted, oracle, redacted_prompts=plan["forget_map"], reference_class=r,
                                     paraphrases=plan["paraphrase_map"], retained_prompts=retained, per_prompt=args.per_prompt,
-                                    seed=args.seed, cache=cache)
+                                    seed=args.seed, guidance_scale=args.guidance, cache=cache)
         scores.update(train_seconds=red.train_seconds_, time_ratio_to_retrain=red.train_seconds_ / report["retrain"]["estimated_seconds"],
                       params=red.get_params())
         report["variants"][name] = scores
@@ -129,7 +136,8 @@ def main() -> None:
     search.fit(lambda ps: redacted.encode_text(ps)[:, 0], targets, start=start, vocabulary=vocabulary)
     seconds = time.perf_counter() - t0
     conds = [p for p in search.prompts_ for _ in range(args.per_prompt)]
-    pred = predict_logits(oracle, sample_images(redacted, conds, seed=args.seed)).argmax(1).view(len(search.prompts_), -1)
+    images = sample_images(redacted, conds, guidance_scale=args.guidance, seed=args.seed)
+    pred = predict_logits(oracle, images).argmax(1).view(len(search.prompts_), -1)
     concept_share = (pred == f).float().mean(1)
     report["prompt_search"] = {"against": name, "start": start, "found": search.prompts_, "start_cosine": search.start_scores_,
                                "found_cosine": search.scores_, "concept_share": concept_share.tolist(),

@@ -160,13 +160,14 @@ def evaluate_before_after(original, unlearned, oracle, plan: dict, *, per_condit
 
 def evaluate_redaction(original, redacted, oracle, *, redacted_prompts: dict, reference_class: int, paraphrases: dict | None = None,
                        retained_prompts: Sequence = (), per_prompt: int = 20, steps: int = 50, seed: int = 0,
-                       cache: dict | None = None) -> dict:
+                       guidance_scale: float = 1.0, cache: dict | None = None) -> dict:
     """Score a redaction with the oracle, on the same seeds for both models.
 
     redacted_prompts / paraphrases: prompt -> the class it depicts originally. Returns the share of their
     samples the redacted model renders as ``reference_class`` (redaction rate), the same for held-out
     paraphrases, the original model's rates beside them, and the agreement (same oracle label, same
-    seed) of the two models on the retained (non-redacted) prompts.
+    seed) of the two models on the retained (non-redacted) prompts. Both models sample with the same
+    classifier-free ``guidance_scale``.
     """
     from guardgen.models.diffusion import sample_images
 
@@ -177,9 +178,9 @@ def evaluate_redaction(original, redacted, oracle, *, redacted_prompts: dict, re
         for group, prompts in groups.items():
             if prompts and not (name == "original" and (name, group) in preds):
                 conds = [p for p in prompts for _ in range(per_prompt)]
-                images = sample_images(pipe, conds, num_inference_steps=steps, seed=seed)
+                images = sample_images(pipe, conds, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
                 preds[name, group] = predict_logits(oracle, images).argmax(1)
-    out = {"per_prompt": per_prompt, "steps": steps}
+    out = {"per_prompt": per_prompt, "steps": steps, "guidance_scale": guidance_scale}
     concepts = {"redacted": redacted_prompts, "paraphrase": paraphrases}
     for name in ("original", "redacted"):
         for group in ("redacted", "paraphrase"):

@@ -126,3 +126,22 @@ def test_cli_redact_a_class_model(tmp_path, tiny_class_pipeline):
 def test_cli_bad_input(tmp_path, tiny_class_pipeline, args, message):
     result = CliRunner().invoke(app, ["unlearn", "redact", "--model", str(tiny_class_pipeline), *args, "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_evaluate_redaction_samples_both_models_on_the_same_seeds(tiny_sd_pipeline):
+    from unlearn.evaluate import evaluate_redaction
+
+    pipe = load_model(str(tiny_sd_pipeline))
+    # a random oracle that sees each sample's pattern, not its overall level
+    oracle = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                                 torch.nn.LayerNorm(48, elementwise_affine=False), torch.nn.Linear(48, 10))
+    kwargs = dict(redacted_prompts={"a red bird": 0}, reference_class=1, paraphrases={"a crimson bird": 0},
+                  retained_prompts=["a green tree", "a small house"], per_prompt=8, steps=2, guidance_scale=2.0)
+    cache, other = {}, {}
+    scores = evaluate_redaction(pipe, pipe, oracle, cache=cache, **kwargs)
+    evaluate_redaction(pipe, pipe, oracle, cache=other, seed=1, **kwargs)
+    assert scores["guidance_scale"] == 2.0 and scores["retained_agreement"] == 1.0
+    assert torch.equal(cache["original", "retained"], cache["redacted", "retained"])
+    assert not torch.equal(cache["original", "retained"], other["original", "retained"])  # the oracle does tell samples apart
+    for group in ("redacted", "paraphrase"):
+        assert scores[f"{group}_reference_rate_original"] == scores[f"{group}_reference_rate_redacted"]
