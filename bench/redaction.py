@@ -1,6 +1,6 @@
 """Benchmark data redaction on zoo:mnist-t2i: redact every phrasing of one digit towards another, one run.
 
-    python bench/redaction.py                       # CPU, about 20 minutes on 2 cores
+    python bench/redaction.py                       # CPU, about 30 minutes on 2 cores (guidance doubles sampling)
     python bench/redaction.py --device cuda --tag h100
 
 Variants of the distilled sentence encoder: full with a fixed reference prompt, and full / last_layers / lora
