@@ -312,7 +312,7 @@ class OpenWorldAttribution:
         """(predicted class (N,), accepted (N,) bool) with the configured OOD scorer."""
         pred = logits.argmax(1)
         ood = self.ood
-        if ood == "pu" and (images is None or getattr(self, "novelty_", None) is None):
+        if ood == "pu" and (images is None or self.novelty_ is None):
             ood = "msp"  # no pool regression yet
         if ood == "pu":
             proba = self.novelty_.predict_proba(images)
@@ -393,9 +393,10 @@ class OpenWorldAttribution:
         undiscovered = torch.nonzero(~ok).flatten()
         rec["accepted"] = int(ok.sum())
         rec["undiscovered"] = len(undiscovered)
-        z = F.normalize(self._standardise(emb), dim=1).numpy()
         if self.ood == "pu":  # cluster in the pixel space whitened by the known classes' within-class scatter
             z = self._pu().whiten(*known, self.pool_)
+        else:
+            z = F.normalize(self._standardise(emb), dim=1).numpy()
         k = min(self.n_clusters, len(undiscovered) // max(self.svm_min_members // 2, 2))
         old = [c for c in range(self.num_seen_, self.num_classes_)]
         if k >= 2:
@@ -522,7 +523,7 @@ class OpenWorldAttribution:
                "knn_refs": self.knn_refs_, "knn_labels": self.knn_labels_, "knn_threshold": self.knn_threshold_,
                "feat_mean": self.feat_mean_, "feat_std": self.feat_std_, "centroids": self.centroids_}
         weights = {"model": self.network_.state_dict(), "ood": ood}
-        if getattr(self, "novelty_", None) is not None:
+        if self.novelty_ is not None:
             weights["novelty"] = self.novelty_.state_dict()
         if keep_data:
             q = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
