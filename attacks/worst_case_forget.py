@@ -75,7 +75,7 @@ class WorstCaseForget:
     reverse: bool = False  # True: the easiest set to forget
     iterations: int = 10  # upper-level steps
     inner_steps: int | None = None  # lower-level sign-SGD steps per upper step, from the original each time (None: one pass)
-    theta_lr: float = 1e-3
+    theta_lr: float = 1e-4  # sign steps move every weight by this much: 1e-3 over a pass wrecks a small model (GA loss 5-8)
     w_lr: float = 0.01
     gamma: float = 0.0
     harden_every: int = 0  # also harden w to the top m every k iterations (0: only at the end)

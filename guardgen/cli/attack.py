@@ -75,7 +75,7 @@ def worst_case_forget(
     reverse: Annotated[bool, typer.Option("--reverse", help="Find the easiest set to forget instead.")] = False,
     iterations: Annotated[int, typer.Option(help="Upper-level (selection) steps.")] = 10,
     inner_steps: Annotated[Optional[int], typer.Option(help="Lower-level sign-SGD steps per selection step.", show_default="one pass over the data")] = None,
-    theta_lr: Annotated[float, typer.Option(help="Lower-level sign-SGD step size.")] = 1e-3,
+    theta_lr: Annotated[float, typer.Option(help="Lower-level sign-SGD step size.")] = 1e-4,
     w_lr: Annotated[float, typer.Option(help="Upper-level step size on the selection weights.")] = 0.01,
     harden_every: Annotated[int, typer.Option(help="Harden the weights to the top set every k steps (0: at the end).")] = 0,
     resolution: Annotated[int, typer.Option(help="Image size the model takes.")] = 16,
