@@ -18,14 +18,19 @@ iterative discovery on a pool of unlabelled images. Each round:
    ``pu`` (:mod:`detectors.novelty`): a cross-fitted logistic regression of the known classes plus a
    *pool* class over the pool's pixels rejects the images that only the pool class explains
    (p(pool) >= ``pu_threshold``) and attributes the rest to its most likely known class (the network,
-   trained on the seen sources, misattributes images of unseen ones with confidence); ``predict`` then
-   uses a regression fitted on the whole pool; before a pool exists ``pu`` falls back to ``msp``;
+   trained on the seen sources, misattributes images of unseen ones with confidence). Members of the
+   clusters discovered so far are re-scored the same way each round, their cluster as a provisional
+   label that the other folds train on, so a seen-source image clustered by mistake returns to its
+   source (cross-fitted self-training); ``predict`` then uses a regression fitted on the whole pool;
+   before a pool exists ``pu`` falls back to ``msp``;
 3. **cluster**: k-means (scikit-learn, k-means++) of the undiscovered embeddings (with ``pu``: of the
-   undiscovered images in the pixel space whitened by the known classes' within-class covariance, where
-   the network's embedding, trained on the seen sources only, does not separate unseen ones);
+   undiscovered images in the standardised pixel space whitened by the known classes' within-class
+   covariance and winsorised, where the network's embedding, trained on the seen sources only, does not
+   separate unseen ones);
 4. **merge**: each centroid links to its nearest centroid; the strongly (or weakly) connected
    components of that 1-NN graph (scipy) are merged, new clusters among themselves first, then with
-   the clusters discovered before;
+   the clusters discovered before (two earlier clusters never link to each other: the closest pair of
+   any set is mutually nearest, so they would merge every round);
 5. **refine**: one RBF SVM per cluster against the rest of the discovered set; a cluster is dropped when
    at most ``svm_min_fraction`` of its members, or at most ``svm_min_members`` members, are predicted
    positive; otherwise the members predicted negative go back to the pool;
@@ -380,15 +385,16 @@ class OpenWorldAttribution:
         # OOD over the whole pool with the current network and classes
         emb, logits, feats = self._forward(self.pool_)
         pred, ok = self._accept(emb, logits, feats)
-        if self.ood == "pu":  # transductive: cross-fitted against the known classes
+        if self.ood == "pu":  # transductive: every pool image cross-fitted against the known classes
             known, clustered = self._known(), self.pool_labels_ >= self.num_seen_
-            ok = clustered.clone()
-            proba = self._pu().cross_fit(*known, self.pool_[~clustered], proba=True)
+            seen = (torch.cat([self.train_images_, self.calib_images_]), torch.cat([self.train_labels_, self.calib_labels_]))
+            provisional = torch.where(clustered, self.pool_labels_, torch.full_like(self.pool_labels_, UNKNOWN))
+            proba = self._pu().cross_fit(*seen, self.pool_, proba=True, pool_labels=provisional)
             novelty = proba[:, -1]
-            ok[~clustered] = novelty < self.pu_threshold
-            pred[~clustered] = proba[:, :-1].argmax(1)  # the regression attributes the accepted ones too
-            pred[clustered] = self.pool_labels_[clustered]
-            rec["pool_novelty_mean"] = float(novelty.mean())
+            ok = novelty < self.pu_threshold
+            pred = proba[:, :-1].argmax(1)  # the regression attributes the accepted ones, and re-attributes cluster members
+            rec["pool_novelty_mean"] = float(novelty[~clustered].mean()) if (~clustered).any() else 0.0
+            rec["cluster_members_moved"] = int((clustered & (~ok | (pred != self.pool_labels_))).sum())
         labels = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
         undiscovered = torch.nonzero(~ok).flatten()
         rec["accepted"] = int(ok.sum())
@@ -419,7 +425,8 @@ class OpenWorldAttribution:
             for j in range(n_new):
                 cents.append(z[undiscovered.numpy()[new_assign == j]].mean(0))
                 owners.append(("new", j))
-            comp = merge_clusters(np.stack(cents), self.merge)
+            is_old = np.array([kind == "old" for kind, _ in owners])
+            comp = merge_clusters(np.stack(cents), self.merge, cannot_link=np.outer(is_old, is_old))
             # a component's id: its discovered cluster if it holds one, else a fresh id
             comp_class: dict[int, int] = {}
             for (kind, c), cc in zip(owners, comp):

@@ -104,8 +104,14 @@ class WTAHash:
         return self.P - codes @ mean_code
 
 
-def merge_clusters(centroids: np.ndarray, connection: str = "strong", metric: str = "cosine") -> np.ndarray:
-    """Component id per centroid of the directed 1-nearest-neighbour graph (scipy ``connected_components``)."""
+def merge_clusters(centroids: np.ndarray, connection: str = "strong", metric: str = "cosine",
+                   cannot_link: np.ndarray | None = None) -> np.ndarray:
+    """Component id per centroid of the directed 1-nearest-neighbour graph (scipy ``connected_components``).
+
+    ``cannot_link`` (n, n) bool: pairs that may not be each other's neighbour (e.g. two clusters already kept
+    as distinct classes: the closest pair of any set is always mutually nearest, so without it every round
+    would merge two of them).
+    """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
     from sklearn.metrics import pairwise_distances
@@ -115,6 +121,8 @@ def merge_clusters(centroids: np.ndarray, connection: str = "strong", metric: st
         return np.zeros(n, dtype=np.int64)
     d = pairwise_distances(centroids, metric=metric)
     np.fill_diagonal(d, np.inf)
+    if cannot_link is not None:
+        d[np.asarray(cannot_link, dtype=bool)] = np.inf
     nn_idx = d.argmin(1)
     graph = csr_matrix((np.ones(n), (np.arange(n), nn_idx)), shape=(n, n))
     _, comp = connected_components(graph, directed=True, connection=connection)

@@ -9,11 +9,15 @@ images, so the regression gives it a low pool probability; an image from an unse
 by the pool class. The pool is cross-fitted (``folds``): each image is scored by a regression that did not
 see it, otherwise the regression would memorise it.
 
-Features are the images themselves, average-pooled to at most ``max_side`` pixels a side, flattened and
-standardised: a linear model keeps the per-pixel statistics (faint backgrounds, stroke profiles) in which
-small generators differ and which a network trained on the seen sources alone learns to ignore. On the zoo
-(16x16 MNIST GANs) this scores unseen images at AUROC 0.96-0.99, against at most 0.81 for the inductive
-scorers (max-softmax, energy, kNN, WTA) on the same splits.
+Features are the images themselves, average-pooled to at most ``max_side`` pixels a side and flattened;
+a linear model keeps the per-pixel statistics (faint backgrounds, stroke profiles) in which small
+generators differ and which a network trained on the seen sources alone learns to ignore. With
+``whitened`` (the default) they are standardised on the known images, whitened by the known classes'
+pooled within-class covariance (content variation shrinks, source differences stay) and winsorised at
++-``clip``: on the zoo this lifts a 7-way linear attribution (real and six GANs, three architectures
+x two seeds) from 0.893 to 0.946 with 200 labels per source. The same space clusters the rejected images (``whiten``). On the zoo
+(16x16 MNIST GANs) the pool scores rank unseen images at AUROC 0.96-0.99, against at most 0.81 for the
+inductive scorers (max-softmax, energy, kNN, WTA) on the same splits.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ __all__ = ["PoolNovelty"]
 class PoolNovelty:
     """``cross_fit(known, labels, pool)`` -> p(pool) per pool image (cross-fitted); ``fit`` then ``score(images)``."""
 
-    def __init__(self, *, folds: int = 2, C: float = 0.1, max_side: int = 32, max_per_class: int = 2000, seed: int = 0):
+    def __init__(self, *, folds: int = 2, C: float = 0.1, max_side: int = 32, max_per_class: int = 2000,
+                 whitened: bool = True, clip: float | None = 3.0, shrinkage: float = 1e-3, seed: int = 0):
         if folds < 2:
             raise GuardgenError(f"cross-fitting needs at least 2 folds, got {folds}")
         self.folds, self.C, self.max_side, self.max_per_class, self.seed = folds, C, max_side, max_per_class, seed
+        self.whitened, self.clip, self.shrinkage = whitened, clip, shrinkage
+        self.whitener_ = None
 
     def features(self, images: torch.Tensor) -> np.ndarray:
         """(N, C, H, W) in [0, 1] -> (N, C * h * w) with h, w <= ``max_side`` (adaptive average pooling)."""
@@ -48,49 +55,87 @@ class PoolNovelty:
                                for c in np.unique(labels)])
         return known[keep], labels[keep]
 
-    def _regression(self, known, labels, pool):
-        """Standardiser (mean, scale) and regression over the known classes + the pool class (last)."""
+    def _regression(self, known, labels, pool, pool_id=None):
+        """Standardiser (mean, scale) and regression over the known classes + the pool class (``pool_id``,
+        default one past the known labels)."""
         from sklearn.linear_model import LogisticRegression
 
         x = np.concatenate([known, pool])
         mean, scale = x.mean(0), x.std(0)
         scale[scale < 1e-6] = 1.0
-        y = np.concatenate([labels, np.full(len(pool), labels.max() + 1)])
+        y = np.concatenate([labels, np.full(len(pool), labels.max() + 1 if pool_id is None else pool_id)])
         reg = LogisticRegression(C=self.C, max_iter=2000, class_weight="balanced")
         reg.fit((x - mean) / scale, y)
         return mean, scale, reg
 
-    def cross_fit(self, known: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, *, proba: bool = False) -> torch.Tensor:
+    def cross_fit(self, known: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, *, proba: bool = False,
+                  pool_labels: torch.Tensor | None = None) -> torch.Tensor:
         """p(pool class) (N_pool,) for every pool image, each from a regression fitted without its fold; with
-        ``proba`` the whole distribution (N_pool, max(labels) + 2): the known classes by id, the pool class last."""
+        ``proba`` the whole distribution (N_pool, K + 1): the known classes by id, the pool class last.
+
+        ``pool_labels`` (N_pool,): a provisional class per pool image (-1: none), e.g. its discovered cluster.
+        Labelled pool images of the other folds train their class; each is itself re-scored by a regression
+        that never saw it, so a wrong provisional label can be corrected (cross-fitted self-training).
+        """
         xk, yk = self._subsample(self.features(known), np.asarray(labels))
         xp = self.features(pool)
         if len(xk) == 0 or len(xp) < self.folds:
             raise GuardgenError(f"PU novelty needs known images and at least {self.folds} pool images")
+        if self.whitened:
+            whitener = self._whitener(xk, yk, self.shrinkage)
+            xk, xp = self._apply(xk, whitener, self.clip), self._apply(xp, whitener, self.clip)
+        yp = np.full(len(xp), -1) if pool_labels is None else np.asarray(pool_labels)
+        pool_id = int(max(yk.max(), yp.max())) + 1
         fold = np.random.default_rng(self.seed + 1).permutation(len(xp)) % self.folds
-        out = np.zeros((len(xp), yk.max() + 2))
+        out = np.zeros((len(xp), pool_id + 1))
         for f in range(self.folds):
-            mean, scale, reg = self._regression(xk, yk, xp[fold != f])
+            lab, rest = (fold != f) & (yp >= 0), (fold != f) & (yp < 0)
+            mean, scale, reg = self._regression(np.concatenate([xk, xp[lab]]), np.concatenate([yk, yp[lab]]), xp[rest], pool_id)
             out[np.ix_(fold == f, reg.classes_)] = reg.predict_proba((xp[fold == f] - mean) / scale)
         out = torch.from_numpy(out).float()
         return out if proba else out[:, -1]
 
-    def whiten(self, known: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, shrinkage: float = 1e-3) -> np.ndarray:
-        """``images`` in the feature space whitened by the known classes' pooled within-class covariance
-        (N, D): the directions along which a source's own images vary (content) are shrunk, those along
-        which sources differ are kept (Fisher's criterion); a source is then a roughly spherical blob."""
-        xk, yk = self._subsample(self.features(known), np.asarray(labels))
-        means = {c: xk[yk == c].mean(0) for c in np.unique(yk)}
-        r = xk - np.stack([means[c] for c in yk])
+    def _whitener(self, xk: np.ndarray, yk: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean (D,), scale (D,), projection (D, D)) that whiten the known classes' pooled within-class covariance."""
+        mean, scale = xk.mean(0), xk.std(0)
+        scale[scale < 1e-6] = 1.0
+        xs = (xk - mean) / scale
+        means = {c: xs[yk == c].mean(0) for c in np.unique(yk)}
+        r = xs - np.stack([means[c] for c in yk])
         cov = r.T @ r / len(r)
         cov += shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
         w, v = np.linalg.eigh(cov)
-        return (self.features(images) - xk.mean(0)) @ (v / np.sqrt(w))
+        return mean, scale, v / np.sqrt(w)
+
+    @staticmethod
+    def _apply(x: np.ndarray, whitener, clip: float | None) -> np.ndarray:
+        mean, scale, proj = whitener
+        z = (x - mean) / scale @ proj
+        return z if clip is None else np.clip(z, -clip, clip)
+
+    def whiten(self, known: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, *, shrinkage: float | None = None,
+               clip: float | None = 3.0) -> np.ndarray:
+        """``images`` in the feature space whitened by the known classes' pooled within-class covariance
+        (N, D): the directions along which a source's own images vary (content) are shrunk, those along
+        which sources differ are kept (Fisher's criterion); a source is then a roughly spherical blob.
+
+        Features are first standardised on the known images, so the shrinkage treats every pixel alike: the
+        faint, nearly constant background pixels, where small generators differ most, are not shrunk away.
+        Coordinates are then winsorised at +-``clip`` within-class standard deviations: an unseen source
+        varies more than the known ones along some directions, and its heavy tails would otherwise
+        decide the k-means partition.
+        """
+        xk, yk = self._subsample(self.features(known), np.asarray(labels))
+        return self._apply(self.features(images), self._whitener(xk, yk, self.shrinkage if shrinkage is None else shrinkage), clip)
 
     def fit(self, known: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor) -> "PoolNovelty":
         """One regression on all of the pool, for images that arrive later (``score``)."""
         xk, yk = self._subsample(self.features(known), np.asarray(labels))
-        mean, scale, reg = self._regression(xk, yk, self.features(pool))
+        xp = self.features(pool)
+        self.whitener_ = self._whitener(xk, yk, self.shrinkage) if self.whitened else None
+        if self.whitener_ is not None:
+            xk, xp = self._apply(xk, self.whitener_, self.clip), self._apply(xp, self.whitener_, self.clip)
+        mean, scale, reg = self._regression(xk, yk, xp)
         self.mean_, self.scale_ = torch.from_numpy(mean).float(), torch.from_numpy(scale).float()
         self.coef_ = torch.from_numpy(reg.coef_).float()  # (K + 1, D), the pool class last
         self.intercept_ = torch.from_numpy(reg.intercept_).float()
@@ -99,7 +144,10 @@ class PoolNovelty:
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """(N, max(labels) + 2) probabilities of new images under the fitted regression, the pool class last."""
-        x = (torch.from_numpy(self.features(images)).float() - self.mean_) / self.scale_
+        x = self.features(images)
+        if self.whitener_ is not None:
+            x = self._apply(x, self.whitener_, self.clip)
+        x = (torch.from_numpy(x).float() - self.mean_) / self.scale_
         logits = x @ self.coef_.T + self.intercept_
         if logits.shape[1] == 1:  # two classes: scikit-learn keeps one row, for the last class
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
@@ -112,10 +160,19 @@ class PoolNovelty:
         return self.predict_proba(images)[:, -1]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_,
-                "classes": self.classes_}
+        state = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_,
+                 "classes": self.classes_}
+        if self.whitener_ is not None:
+            state.update({f"whitener.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in zip(("mean", "scale", "proj"), self.whitener_)})
+            state["whitener.clip"] = torch.tensor(float("nan") if self.clip is None else self.clip, dtype=torch.float64)
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> "PoolNovelty":
         self.mean_, self.scale_, self.coef_, self.intercept_ = state["mean"], state["scale"], state["coef"], state["intercept"]
         self.classes_ = state["classes"].long()
+        self.whitener_ = None
+        if "whitener.proj" in state:
+            self.whitener_ = tuple(state[f"whitener.{k}"].double().numpy() for k in ("mean", "scale", "proj"))
+            clip = float(state["whitener.clip"])
+            self.clip = None if np.isnan(clip) else clip
         return self

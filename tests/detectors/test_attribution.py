@@ -52,6 +52,15 @@ def test_merge_takes_connected_components_of_the_1nn_graph():
     assert weak[0] == weak[1] == weak[2] and weak[3] == weak[4] and weak[0] != weak[3]
 
 
+def test_merge_never_links_a_cannot_link_pair():
+    """Two clusters kept in an earlier round are the closest pair, so they would merge; cannot_link keeps them apart."""
+    c = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    assert merge_clusters(c, "strong", metric="euclidean")[0] == merge_clusters(c, "strong", metric="euclidean")[1]
+    old = np.array([True, True, False])
+    comp = merge_clusters(c, "strong", metric="euclidean", cannot_link=np.outer(old, old))
+    assert comp[0] != comp[1] and comp[1] == comp[2]  # the new cluster joins its nearest earlier one
+
+
 def test_discovery_metrics_by_hand():
     m = discovery_metrics([0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 5, 5], unseen=[2])
     assert m["purity"] == 1.0 and m["nmi"] == pytest.approx(1.0) and m["num_unseen_discovered"] == 1

@@ -32,6 +32,23 @@ def test_cross_fit_distribution_attributes_known_sources(sources):
     assert torch.equal(PoolNovelty(seed=0).cross_fit(x, y, pool), proba[:, -1])
 
 
+def test_provisional_pool_labels_are_re_attributed_by_cross_fitting(sources):
+    """Source 3's pool images carry a provisional cluster label 3, and so do ten images of known source 0 (a
+    clustering mistake): the cross-fitted regression keeps source 3 in its cluster, sends the ten back to
+    source 0, and still calls the unlabelled source 4 novel."""
+    x, y, pool, pool_y = sources
+    provisional = torch.full_like(pool_y, -1)
+    provisional[pool_y == 3] = 3
+    wrong = torch.nonzero(pool_y == 0).flatten()[:10]
+    provisional[wrong] = 3
+    proba = PoolNovelty(seed=0).cross_fit(x, y, pool, proba=True, pool_labels=provisional)
+    assert proba.shape == (len(pool), 5)
+    known = proba[:, :-1].argmax(1)
+    assert (known[wrong] == 0).float().mean() >= 0.9
+    assert (known[pool_y == 3] == 3).float().mean() > 0.9 and (proba[pool_y == 3, -1] < 0.5).float().mean() > 0.9
+    assert (proba[pool_y == 4, -1] > 0.5).float().mean() > 0.9
+
+
 def test_cross_fitting_does_not_memorise_the_pool(sources):
     """A pool of known-source images only: held-out scores stay low (an in-sample fit would call them novel)."""
     x, y, pool, pool_y = sources
@@ -42,10 +59,37 @@ def test_cross_fitting_does_not_memorise_the_pool(sources):
 
 def test_whitening_makes_the_known_within_class_covariance_the_identity(sources):
     x, y, _, _ = sources
-    z = PoolNovelty().whiten(x, y, x, shrinkage=1e-6)
+    z = PoolNovelty().whiten(x, y, x, shrinkage=1e-6, clip=None)
     r = np.concatenate([z[(y == c).numpy()] - z[(y == c).numpy()].mean(0) for c in range(3)])
     cov = r.T @ r / len(r)
     assert np.allclose(np.diag(cov), 1.0, atol=0.05) and np.abs(cov - np.diag(np.diag(cov))).max() < 0.05
+
+
+def test_whitening_separates_sources_that_differ_in_faint_background_pixels():
+    """Known sources: strong content, near-constant backgrounds. Two new sources differ only by a background
+    offset of 1e-3 between them, and one image in ten has a wild pixel (heavy tails). Standardised, whitened and
+    winsorised coordinates split them (unstandardised or unclipped ones give NMI 0 here)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    g = torch.Generator().manual_seed(0)
+
+    def source(n, offset):
+        x = 0.2 + 1e-4 * torch.randn(n, 1, 8, 8, generator=g) + offset
+        x[:, :, 2:6, 2:6] += 0.3 * torch.rand(n, 1, 4, 4, generator=g)  # content: large, shared by all sources
+        return x
+
+    known = torch.cat([source(200, 0.0), source(200, 2e-4), source(200, -2e-4)])
+    labels = torch.arange(3).repeat_interleave(200)
+    new = torch.cat([source(100, 5e-4), source(100, -5e-4)])
+    wild = torch.randperm(200, generator=g)[:20]
+    new.view(200, -1)[wild, torch.randint(0, 64, (20,), generator=g)] += 0.05
+    truth = np.repeat([0, 1], 100)
+    z = PoolNovelty().whiten(known, labels, new)
+    assert np.abs(z).max() <= 3.0 + 1e-9
+    assert normalized_mutual_info_score(truth, KMeans(2, n_init=3, random_state=0).fit_predict(z)) > 0.75
+    unclipped = PoolNovelty().whiten(known, labels, new, clip=None)
+    assert np.abs(unclipped).max() > 10 and np.allclose(np.clip(unclipped, -3, 3), z)
 
 
 def test_fitted_scorer_and_state_round_trip(sources, make_sources):
