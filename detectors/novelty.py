@@ -56,6 +56,15 @@ class PoolNovelty:
                                for c in np.unique(labels)])
         return known[keep], labels[keep]
 
+    def _prepare(self, known, labels, pool):
+        """(known features, their labels, pool features, whitener or None): subsampled, whitened if ``whitened``."""
+        xk, yk = self._subsample(self.features(known), np.asarray(labels))
+        xp = self.features(pool)
+        if not self.whitened or len(xk) == 0:
+            return xk, yk, xp, None
+        whitener = self._whitener(xk, yk)
+        return self._apply(xk, whitener, self.clip), yk, self._apply(xp, whitener, self.clip), whitener
+
     def _regression(self, known, labels, pool, pool_id=None):
         """Standardiser (mean, scale) and regression over the known classes + the pool class (``pool_id``,
         default one past the known labels)."""
@@ -78,13 +87,9 @@ class PoolNovelty:
         Labelled pool images of the other folds train their class; each is itself re-scored by a regression
         that never saw it, so a wrong provisional label can be corrected (cross-fitted self-training).
         """
-        xk, yk = self._subsample(self.features(known), np.asarray(labels))
-        xp = self.features(pool)
+        xk, yk, xp, _ = self._prepare(known, labels, pool)
         if len(xk) == 0 or len(xp) < self.folds:
             raise GuardgenError(f"PU novelty needs known images and at least {self.folds} pool images")
-        if self.whitened:
-            whitener = self._whitener(xk, yk, self.shrinkage)
-            xk, xp = self._apply(xk, whitener, self.clip), self._apply(xp, whitener, self.clip)
         yp = np.full(len(xp), -1) if pool_labels is None else np.asarray(pool_labels)
         pool_id = int(max(yk.max(), yp.max())) + 1
         fold = np.random.default_rng(self.seed + 1).permutation(len(xp)) % self.folds
@@ -96,7 +101,7 @@ class PoolNovelty:
         out = torch.from_numpy(out).float()
         return out if proba else out[:, -1]
 
-    def _whitener(self, xk: np.ndarray, yk: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _whitener(self, xk: np.ndarray, yk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean (D,), scale (D,), projection (D, D)) that whiten the known classes' pooled within-class covariance."""
         mean, scale = xk.mean(0), xk.std(0)
         scale[scale < 1e-6] = 1.0
@@ -104,7 +109,7 @@ class PoolNovelty:
         means = {c: xs[yk == c].mean(0) for c in np.unique(yk)}
         r = xs - np.stack([means[c] for c in yk])
         cov = r.T @ r / len(r)
-        cov += shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+        cov += self.shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
         w, v = np.linalg.eigh(cov)
         return mean, scale, v / np.sqrt(w)
 
@@ -114,28 +119,23 @@ class PoolNovelty:
         z = (x - mean) / scale @ proj
         return z if clip is None else np.clip(z, -clip, clip)
 
-    def whiten(self, known: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, *, shrinkage: float | None = None,
-               clip: float | None = 3.0) -> np.ndarray:
+    def whiten(self, known: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> np.ndarray:
         """``images`` in the feature space whitened by the known classes' pooled within-class covariance
         (N, D): the directions along which a source's own images vary (content) are shrunk, those along
         which sources differ are kept (Fisher's criterion); a source is then a roughly spherical blob.
 
         Features are first standardised on the known images, so the shrinkage treats every pixel alike: the
         faint, nearly constant background pixels, where small generators differ most, are not shrunk away.
-        Coordinates are then winsorised at +-``clip`` within-class standard deviations: an unseen source
-        varies more than the known ones along some directions, and its heavy tails would otherwise
-        decide the k-means partition.
+        Coordinates are then winsorised at +-``clip`` (None: not) within-class standard deviations: an
+        unseen source varies more than the known ones along some directions, and its heavy tails would
+        otherwise decide the k-means partition.
         """
         xk, yk = self._subsample(self.features(known), np.asarray(labels))
-        return self._apply(self.features(images), self._whitener(xk, yk, self.shrinkage if shrinkage is None else shrinkage), clip)
+        return self._apply(self.features(images), self._whitener(xk, yk), self.clip)
 
     def fit(self, known: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor) -> "PoolNovelty":
         """One regression on all of the pool, for images that arrive later (``score``)."""
-        xk, yk = self._subsample(self.features(known), np.asarray(labels))
-        xp = self.features(pool)
-        self.whitener_ = self._whitener(xk, yk, self.shrinkage) if self.whitened else None
-        if self.whitener_ is not None:
-            xk, xp = self._apply(xk, self.whitener_, self.clip), self._apply(xp, self.whitener_, self.clip)
+        xk, yk, xp, self.whitener_ = self._prepare(known, labels, pool)
         mean, scale, reg = self._regression(xk, yk, xp)
         self.mean_, self.scale_ = torch.from_numpy(mean).float(), torch.from_numpy(scale).float()
         self.coef_ = torch.from_numpy(reg.coef_).float()  # (K + 1, D), the pool class last

@@ -59,7 +59,7 @@ def test_cross_fitting_does_not_memorise_the_pool(sources):
 
 def test_whitening_makes_the_known_within_class_covariance_the_identity(sources):
     x, y, _, _ = sources
-    z = PoolNovelty().whiten(x, y, x, shrinkage=1e-6, clip=None)
+    z = PoolNovelty(shrinkage=1e-6, clip=None).whiten(x, y, x)
     r = np.concatenate([z[(y == c).numpy()] - z[(y == c).numpy()].mean(0) for c in range(3)])
     cov = r.T @ r / len(r)
     assert np.allclose(np.diag(cov), 1.0, atol=0.05) and np.abs(cov - np.diag(np.diag(cov))).max() < 0.05
@@ -88,7 +88,7 @@ def test_whitening_separates_sources_that_differ_in_faint_background_pixels():
     z = PoolNovelty().whiten(known, labels, new)
     assert np.abs(z).max() <= 3.0 + 1e-9
     assert normalized_mutual_info_score(truth, KMeans(2, n_init=3, random_state=0).fit_predict(z)) > 0.75
-    unclipped = PoolNovelty().whiten(known, labels, new, clip=None)
+    unclipped = PoolNovelty(clip=None).whiten(known, labels, new)
     assert np.abs(unclipped).max() > 10 and np.allclose(np.clip(unclipped, -3, 3), z)
 
 
