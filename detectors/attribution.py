@@ -21,8 +21,10 @@ iterative discovery on a pool of unlabelled images. Each round:
    trained on the seen sources, misattributes images of unseen ones with confidence). Members of the
    clusters discovered so far are re-scored the same way each round, their cluster as a provisional
    label that the other folds train on, so a seen-source image clustered by mistake returns to its
-   source (cross-fitted self-training); ``predict`` then uses a regression fitted on the whole pool;
-   before a pool exists ``pu`` falls back to ``msp``;
+   source (cross-fitted self-training, ``pu_iterations`` passes a round, each pass's attributions the
+   next one's provisional labels; on the zoo benchmark 5 folds, C = 0.03 and 3 passes took NMI from
+   0.78-0.80 to 0.86); ``predict`` then uses a regression fitted on the whole pool; before a pool exists
+   ``pu`` falls back to ``msp``;
 3. **cluster**: k-means (scikit-learn, k-means++) of the undiscovered embeddings (with ``pu``: of the
    undiscovered images in the standardised pixel space whitened by the known classes' within-class
    covariance and winsorised, where the network's embedding, trained on the seen sources only, does not
@@ -96,7 +98,9 @@ class OpenWorldAttribution:
     score_quantile: float = 0.05  # msp / energy / knn: reject below this quantile of the class's calibration scores
     knn_k: int = 10  # knn: the k-th nearest reference image of the predicted class
     pu_threshold: float = 0.5  # pu: reject pool images whose cross-fitted p(pool) is at least this
-    pu_folds: int = 2
+    pu_folds: int = 5
+    pu_c: float = 0.03  # pu: inverse L2 strength of the pool regression
+    pu_iterations: int = 3  # pu: cross-fitted self-training passes over the cluster members each round
     n_clusters: int = 12  # k of k-means (paper: 500)
     merge: str = "strong"  # "strong" | "weak" connected components of the 1-NN centroid graph
     svm_min_fraction: float = 0.5
@@ -164,8 +168,9 @@ class OpenWorldAttribution:
             raise GuardgenError(f"merge must be strong or weak, got {self.merge!r}")
         if self.knn_k < 1:
             raise GuardgenError(f"knn_k must be at least 1, got {self.knn_k}")
-        if not 0 < self.pu_threshold < 1 or self.pu_folds < 2:
-            raise GuardgenError(f"pu_threshold must be in (0, 1) and pu_folds at least 2, got {self.pu_threshold}, {self.pu_folds}")
+        if not 0 < self.pu_threshold < 1 or self.pu_folds < 2 or self.pu_c <= 0 or self.pu_iterations < 1:
+            raise GuardgenError(f"pu_threshold must be in (0, 1), pu_folds at least 2, pu_c positive and pu_iterations at "
+                                f"least 1, got {self.pu_threshold}, {self.pu_folds}, {self.pu_c}, {self.pu_iterations}")
         if self.n_clusters < 2:
             raise GuardgenError(f"n_clusters must be at least 2, got {self.n_clusters}")
 
@@ -283,15 +288,15 @@ class OpenWorldAttribution:
             knn_labels.append(torch.full((len(sub),), c))
         self.knn_refs_, self.knn_labels_ = torch.cat(knn_refs), torch.cat(knn_labels)
         # pu: one regression with the pool images left undiscovered as the pool class, for images that arrive later
+        # (without a pool class when every pool image is attributed)
         self.novelty_ = None
-        rest = self.pool_[self.pool_labels_ == UNKNOWN]
-        if self.ood == "pu" and len(rest) >= 2:
-            self.novelty_ = self._pu().fit(*self._known(), rest)
+        if self.ood == "pu" and len(self.pool_):
+            self.novelty_ = self._pu().fit(*self._known(), self.pool_[self.pool_labels_ == UNKNOWN])
 
-    def _pu(self):
+    def _pu(self, iteration: int = 0):
         from detectors.novelty import PoolNovelty
 
-        return PoolNovelty(folds=self.pu_folds, seed=self.seed + self.round_)
+        return PoolNovelty(folds=self.pu_folds, C=self.pu_c, seed=self.seed + self.round_ + 1_009 * iteration)
 
     def _known(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Labelled images of the known classes for the pu scorer: all labelled images, cluster members."""
@@ -388,13 +393,16 @@ class OpenWorldAttribution:
         if self.ood == "pu":  # transductive: every pool image cross-fitted against the known classes
             known, clustered = self._known(), self.pool_labels_ >= self.num_seen_
             seen = (torch.cat([self.train_images_, self.calib_images_]), torch.cat([self.train_labels_, self.calib_labels_]))
-            provisional = torch.where(clustered, self.pool_labels_, torch.full_like(self.pool_labels_, UNKNOWN))
-            proba = self._pu().cross_fit(*seen, self.pool_, proba=True, pool_labels=provisional)
-            novelty = proba[:, -1]
-            ok = novelty < self.pu_threshold
-            pred = proba[:, :-1].argmax(1)  # the regression attributes the accepted ones, and re-attributes cluster members
+            current = self.pool_labels_
+            for it in range(self.pu_iterations if clustered.any() else 1):
+                provisional = torch.where(current >= self.num_seen_, current, torch.full_like(current, UNKNOWN))
+                proba = self._pu(it).cross_fit(*seen, self.pool_, proba=True, pool_labels=provisional)
+                novelty = proba[:, -1]
+                ok = novelty < self.pu_threshold
+                pred = proba[:, :-1].argmax(1)  # the regression attributes the accepted ones, re-attributes cluster members
+                current = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
             rec["pool_novelty_mean"] = float(novelty[~clustered].mean()) if (~clustered).any() else 0.0
-            rec["cluster_members_moved"] = int((clustered & (~ok | (pred != self.pool_labels_))).sum())
+            rec["cluster_members_moved"] = int((clustered & (current != self.pool_labels_)).sum())
         labels = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
         undiscovered = torch.nonzero(~ok).flatten()
         rec["accepted"] = int(ok.sum())

@@ -134,9 +134,11 @@ class PoolNovelty:
         return self._apply(self.features(images), self._whitener(xk, yk), self.clip)
 
     def fit(self, known: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor) -> "PoolNovelty":
-        """One regression on all of the pool, for images that arrive later (``score``)."""
+        """One regression on all of the pool, for images that arrive later (``score``). An empty pool (every
+        pool image attributed) fits the known classes alone; the pool class then has probability 0."""
         xk, yk, xp, self.whitener_ = self._prepare(known, labels, pool)
         mean, scale, reg = self._regression(xk, yk, xp)
+        self.num_outputs_ = int(yk.max()) + 2
         self.mean_, self.scale_ = torch.from_numpy(mean).float(), torch.from_numpy(scale).float()
         self.coef_ = torch.from_numpy(reg.coef_).float()  # (K + 1, D), the pool class last
         self.intercept_ = torch.from_numpy(reg.intercept_).float()
@@ -152,7 +154,7 @@ class PoolNovelty:
         logits = x @ self.coef_.T + self.intercept_
         if logits.shape[1] == 1:  # two classes: scikit-learn keeps one row, for the last class
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
-        out = torch.zeros(len(x), int(self.classes_.max()) + 1)
+        out = torch.zeros(len(x), self.num_outputs_)
         out[:, self.classes_] = logits.softmax(1)
         return out
 
@@ -162,7 +164,7 @@ class PoolNovelty:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_,
-                 "classes": self.classes_}
+                 "classes": self.classes_, "num_outputs": torch.tensor(self.num_outputs_)}
         if self.whitener_ is not None:
             for name, value in zip(("mean", "scale", "proj"), self.whitener_):
                 state[f"whitener.{name}"] = torch.from_numpy(np.ascontiguousarray(value))
@@ -172,6 +174,8 @@ class PoolNovelty:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> "PoolNovelty":
         self.mean_, self.scale_, self.coef_, self.intercept_ = state["mean"], state["scale"], state["coef"], state["intercept"]
         self.classes_ = state["classes"].long()
+        # files written before ``num_outputs`` was kept always held the pool class, the last of ``classes``
+        self.num_outputs_ = int(state["num_outputs"]) if "num_outputs" in state else int(self.classes_.max()) + 1
         self.whitener_ = None
         if "whitener.proj" in state:
             self.whitener_ = tuple(state[f"whitener.{k}"].double().numpy() for k in ("mean", "scale", "proj"))

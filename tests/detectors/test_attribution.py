@@ -111,6 +111,11 @@ def test_transductive_pu_discovery(fitted, data):
     assert [h["round"] for h in rounds] == [1, 2] and all("pool_novelty_mean" in h for h in rounds)
     m = discovery_metrics(yt.numpy(), model.predict(xt, assign_unknown=True).numpy(), unseen=UNSEEN)
     assert m["num_unseen_discovered"] >= 1 and m["purity"] > 0.7 and m["nmi"] > 0.6
+    # every pool image attributed: new images are still attributed by the regression, never by the network
+    model.pool_labels_ = torch.where(model.pool_labels_ < 0, model.predict(xt, assign_unknown=True), model.pool_labels_)
+    model._calibrate()
+    proba = model.novelty_.predict_proba(xt)
+    assert torch.equal(proba[:, -1], torch.zeros(len(xt))) and torch.equal(model.predict(xt), proba[:, :-1].argmax(1))
 
 
 def test_partial_fit_grows_the_pool_and_finds_a_new_source(fitted, data):

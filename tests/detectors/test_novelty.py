@@ -104,6 +104,18 @@ def test_fitted_scorer_and_state_round_trip(sources, make_sources):
     assert proba.shape == (len(fresh[0]), 4) and (proba[fresh[1] < 3, :3].argmax(1) == fresh[1][fresh[1] < 3]).float().mean() > 0.95
 
 
+def test_empty_pool_fits_the_known_classes_alone(sources):
+    """Every pool image attributed: the regression has no pool class, yet keeps its column (probability 0)."""
+    x, y, pool, pool_y = sources
+    model = PoolNovelty(seed=0).fit(x, y, pool[:0])
+    seen = pool_y < 3
+    proba = model.predict_proba(pool[seen])
+    assert proba.shape == (int(seen.sum()), 4) and torch.equal(proba[:, -1], torch.zeros(int(seen.sum())))
+    assert (proba[:, :3].argmax(1) == pool_y[seen]).float().mean() > 0.95
+    again = PoolNovelty().load_state_dict(model.state_dict())
+    assert torch.equal(again.predict_proba(pool[seen]), proba)
+
+
 def test_features_pool_large_images():
     f = PoolNovelty(max_side=8).features(torch.rand(2, 3, 64, 48))
     assert f.shape == (2, 3 * 8 * 8)
