@@ -15,7 +15,7 @@ iterative discovery on a pool of unlabelled images. Each round:
    maximum softmax probability (``msp``), ``energy`` (logsumexp of the logits) and ``knn`` (Sun et al.,
    ICML 2022: cosine similarity of the L2-normalised backbone features to the ``knn_k``-th nearest
    reference image of the predicted class) with per-class quantile thresholds; and the transductive
-   ``pu`` (:mod:`detectors.novelty`): a cross-fitted logistic regression of the known classes plus a
+   ``pu`` (:mod:`detectors.novelty`, the default): a cross-fitted logistic regression of the known classes plus a
    *pool* class over the pool's pixels rejects the images that only the pool class explains
    (p(pool) >= ``pu_threshold``) and attributes the rest to its most likely known class (the network,
    trained on the seen sources, misattributes images of unseen ones with confidence). Members of the
@@ -23,8 +23,7 @@ iterative discovery on a pool of unlabelled images. Each round:
    label that the other folds train on, so a seen-source image clustered by mistake returns to its
    source (cross-fitted self-training, ``pu_iterations`` passes a round, each pass's attributions the
    next one's provisional labels; on the zoo benchmark 5 folds, C = 0.03 and 3 passes took NMI from
-   0.78-0.80 to 0.86); ``predict`` then uses a regression fitted on the whole pool; before a pool exists
-   ``pu`` falls back to ``msp``;
+   0.78-0.80 to 0.86); ``predict`` then uses a regression fitted on the whole pool;
 3. **cluster**: k-means (scikit-learn, k-means++) of the undiscovered embeddings (with ``pu``: of the
    undiscovered images in the standardised pixel space whitened by the known classes' within-class
    covariance and winsorised, where the network's embedding, trained on the seen sources only, does not
@@ -37,6 +36,15 @@ iterative discovery on a pool of unlabelled images. Each round:
    at most ``svm_min_fraction`` of its members, or at most ``svm_min_members`` members, are predicted
    positive; otherwise the members predicted negative go back to the pool;
 6. the surviving clusters become new classes, and the next round retrains.
+
+With ``pu`` the pixel regression is also the closed-set attributor (``predict``, ``predict_proba``), from
+``fit`` on: a linear model on whitened pixels attributes the zoo's small GANs better than the network
+(seen test images: 0.989 against 0.967 on the default split, 0.976 against 0.920 when two seeds of one
+architecture are both seen). Before a pool exists nothing contrasts with the known classes, so the
+network's max-softmax rejects. Pixels are average-pooled to 32 a side: for large images whose generators
+differ only in high frequencies, pick a network scorer (``wta``, ``knn``, ``msp``). Default ``pu`` rather
+than the paper's ``wta``: on the zoo benchmark (3 seeds) discovery reaches NMI 0.86 and purity 0.94
+against 0.57 and 0.61.
 
 Deviation (documented): reference codes and thresholds come from a held-out ``calibration_split`` of the
 labelled images (0 uses the training images themselves, as the paper does), because a small network
@@ -91,7 +99,7 @@ class OpenWorldAttribution:
     weight_decay: float = 1e-4
     class_weighted: bool = True
     calibration_split: float = 0.2  # held out of the labelled images for OOD thresholds (0: the training set)
-    ood: str = "wta"  # "wta" | "msp" | "energy"
+    ood: str = "pu"  # "pu" | "wta" (the paper's) | "msp" | "energy" | "knn"
     wta_permutations: int = 2048
     wta_k: int = 2
     wta_quantile: float = 0.9
@@ -290,7 +298,7 @@ class OpenWorldAttribution:
         # pu: one regression with the pool images left undiscovered as the pool class, for images that arrive later
         # (without a pool class when every pool image is attributed)
         self.novelty_ = None
-        if self.ood == "pu" and len(self.pool_):
+        if self.ood == "pu":
             self.novelty_ = self._pu().fit(*self._known(), self.pool_[self.pool_labels_ == UNKNOWN])
 
     def _pu(self, iteration: int = 0):
@@ -323,10 +331,14 @@ class OpenWorldAttribution:
         pred = logits.argmax(1)
         ood = self.ood
         if ood == "pu" and (images is None or self.novelty_ is None):
-            ood = "msp"  # no pool regression yet
+            ood = "msp"  # a model saved without its regression
         if ood == "pu":
             proba = self.novelty_.predict_proba(images)
-            ok, pred = proba[:, -1] < self.pu_threshold, proba[:, :-1].argmax(1)
+            pred = proba[:, :-1].argmax(1)
+            if len(self.pool_):
+                ok = proba[:, -1] < self.pu_threshold
+            else:  # no pool to contrast with yet: the network's max-softmax rejects
+                ok = logits.softmax(1).max(1).values >= self.msp_threshold_[logits.argmax(1)]
         elif ood == "knn":
             ok = self._knn_score(feats, pred) >= self.knn_threshold_[pred]
         elif ood == "wta":
@@ -507,17 +519,30 @@ class OpenWorldAttribution:
         pred, ok = self._accept(emb, logits, feats, images)
         out = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
         if assign_unknown and (~ok).any():
-            z = F.normalize(self._standardise(emb[~ok]), dim=1)
-            out[~ok] = (z @ F.normalize(self.centroids_, dim=1).T).argmax(1)
+            if self._regression_attributes():  # the regression's most likely class
+                out[~ok] = pred[~ok]
+            else:
+                z = F.normalize(self._standardise(emb[~ok]), dim=1)
+                out[~ok] = (z @ F.normalize(self.centroids_, dim=1).T).argmax(1)
         return out
+
+    def _regression_attributes(self) -> bool:
+        """With ``pu`` the pixel regression, not the network, attributes images (closed set included)."""
+        return self.ood == "pu" and getattr(self, "novelty_", None) is not None
 
     def predict_names(self, images: torch.Tensor) -> list[str]:
         return [self.class_names_[i] if i >= 0 else "unknown" for i in self.predict(images).tolist()]
 
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Softmax over the seen sources and discovered clusters (N, K) (closed-set)."""
+    def predict_proba(self, images: torch.Tensor, *, network: bool = False) -> torch.Tensor:
+        """Closed-set distribution over the seen sources and discovered clusters (N, K): the network's softmax,
+        or with ``pu`` the pixel regression's, renormalised without its pool class (``network``: the
+        network's whatever the scorer)."""
         self._fitted()
-        return self._forward(self._check_shape(_check_images(images)))[1].softmax(1)
+        images = self._check_shape(_check_images(images))
+        if self._regression_attributes() and not network:
+            proba = self.novelty_.predict_proba(images)[:, :-1]
+            return proba / proba.sum(1, keepdim=True).clamp_min(1e-12)
+        return self._forward(images)[1].softmax(1)
 
     # ------------------------------------------------------------------ save / load
 

@@ -119,7 +119,8 @@ def test_attribute_fit_discover_predict(tmp_path, make_sources):
     settings = ["--set", "width=8", "--set", "embed_dim=32", "--set", "epochs=12", "--set", "later_epochs=3",
                 "--set", "lr=0.003", "--set", "batch_size=64", "--set", "wta_permutations=256",
                 "--set", "svm_min_members=8", "--set", "n_clusters=5"]
-    result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--out", str(model), "--device", "cpu", *settings])
+    result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--out", str(model), "--device", "cpu", *settings,
+                                 "--set", "ood=wta"])
     assert result.exit_code == 0, result.output
     assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
     result = runner.invoke(app, ["attribute", "discover", str(model), "--data", str(pool), "--rounds", "1",
@@ -131,9 +132,9 @@ def test_attribute_fit_discover_predict(tmp_path, make_sources):
     assert result.exit_code == 0, result.output
     preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert len(preds["predictions"]) == 300 and preds["true"][0] == "gan-a"
-    # the transductive scorer from the CLI: fit with --set ood=pu, discover, predict
+    # the default, transductive scorer from the CLI: fit, discover
     result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--out", str(tmp_path / "pu"), "--device", "cpu",
-                                 *settings, "--set", "ood=pu"])
+                                 *settings])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["attribute", "discover", str(tmp_path / "pu"), "--data", str(pool), "--rounds", "1",
                                  "--out", str(tmp_path / "pu-found")])

@@ -11,6 +11,8 @@ from detectors.attribution import OpenWorldAttribution, WTAHash, discovery_metri
 from guardgen.errors import GuardgenError
 
 SEEN, UNSEEN = [0, 1, 2], [3, 4]
+SETTINGS = dict(width=8, embed_dim=32, epochs=15, later_epochs=5, lr=3e-3, batch_size=64, n_clusters=6, rounds=2,
+                svm_min_members=10, wta_permutations=512, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +26,19 @@ def fitted(data):
     torch.set_num_threads(1)
     (x, y), _ = data
     seen = y < 3
-    model = OpenWorldAttribution(width=8, embed_dim=32, epochs=15, later_epochs=5, lr=3e-3, batch_size=64, n_clusters=6,
-                                 rounds=2, svm_min_members=10, wta_permutations=512, device="cpu")
+    model = OpenWorldAttribution(**SETTINGS, ood="wta")
     model.fit(x[seen], y[seen], ["real", "gan-a", "gan-b"])
+    yield model
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def fitted_pu(data):
+    """The default scorer, ``pu``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    (x, y), _ = data
+    model = OpenWorldAttribution(**SETTINGS).fit(x[y < 3], y[y < 3], ["real", "gan-a", "gan-b"])
     yield model
     torch.set_num_threads(n)
 
@@ -97,13 +109,18 @@ def test_discovery_finds_the_planted_unseen_sources(fitted, data):
     assert (model.predict(xt[yt < 3]) == yt[yt < 3]).float().mean() > 0.7
 
 
-def test_transductive_pu_discovery(fitted, data):
-    """ood="pu": the pool is scored by a cross-fitted regression against the known classes, clustered in the
-    whitened pixel space; the planted unseen sources are discovered and new images keep their attribution."""
+def test_transductive_pu_discovery(fitted_pu, data, tmp_path):
+    """ood="pu" (the default): the pixel regression attributes from fit on; the pool is scored by a
+    cross-fitted regression against the known classes, clustered in the whitened pixel space; the planted
+    unseen sources are discovered and new images keep their attribution."""
     _, (xt, yt) = data
-    model = copy.deepcopy(fitted)
-    model.ood = "pu"
-    assert (model.predict(xt[yt < 3]) == yt[yt < 3]).float().mean() > 0.8  # no pool yet: max-softmax
+    model = copy.deepcopy(fitted_pu)
+    assert OpenWorldAttribution().ood == "pu" and model.novelty_ is not None
+    seen = yt < 3
+    closed = model.predict_proba(xt[seen])
+    assert closed.shape == (int(seen.sum()), 3) and torch.allclose(closed.sum(1), torch.ones(len(closed)))
+    assert (closed.argmax(1) == yt[seen]).float().mean() > 0.95
+    assert (model.predict(xt[seen]) == yt[seen]).float().mean() > 0.8  # no pool yet: the network's max-softmax rejects
     novelty = model.novelty_scores(xt)
     assert novelty[yt >= 3].mean() > 0.5 > novelty[yt < 3].mean()
     model.discover(xt)
@@ -116,6 +133,8 @@ def test_transductive_pu_discovery(fitted, data):
     model._calibrate()
     proba = model.novelty_.predict_proba(xt)
     assert torch.equal(proba[:, -1], torch.zeros(len(xt))) and torch.equal(model.predict(xt), proba[:, :-1].argmax(1))
+    model.save_pretrained(tmp_path / "pu")
+    assert torch.equal(OpenWorldAttribution.from_pretrained(tmp_path / "pu").predict(xt), model.predict(xt))
 
 
 def test_partial_fit_grows_the_pool_and_finds_a_new_source(fitted, data):
