@@ -220,7 +220,7 @@ def main() -> None:
     p.add_argument("--forget-class", type=int, default=7)
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--adapt-iterations", type=int, default=200)
-    p.add_argument("--unlearn-iterations", type=int, default=1000)
+    p.add_argument("--unlearn-iterations", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ewc-lambda", type=float, default=1.0)
