@@ -399,9 +399,6 @@ class OpenWorldAttribution:
 
         self.round_ += 1
         rec = {"round": self.round_}
-        # OOD over the whole pool with the current network and classes
-        emb, logits, feats = self._forward(self.pool_)
-        pred, ok = self._accept(emb, logits, feats)
         if self.ood == "pu":  # transductive: every pool image cross-fitted against the known classes
             known, clustered = self._known(), self.pool_labels_ >= self.num_seen_
             seen = (torch.cat([self.train_images_, self.calib_images_]), torch.cat([self.train_labels_, self.calib_labels_]))
@@ -415,14 +412,16 @@ class OpenWorldAttribution:
                 current = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
             rec["pool_novelty_mean"] = float(novelty[~clustered].mean()) if (~clustered).any() else 0.0
             rec["cluster_members_moved"] = int((clustered & (current != self.pool_labels_)).sum())
+            # cluster in the pixel space whitened by the known classes' within-class scatter
+            z = self._pu().whiten(*known, self.pool_)
+        else:  # OOD over the whole pool with the current network and classes; cluster its embeddings
+            emb, logits, feats = self._forward(self.pool_)
+            pred, ok = self._accept(emb, logits, feats)
+            z = F.normalize(self._standardise(emb), dim=1).numpy()
         labels = torch.where(ok, pred, torch.full_like(pred, UNKNOWN))
         undiscovered = torch.nonzero(~ok).flatten()
         rec["accepted"] = int(ok.sum())
         rec["undiscovered"] = len(undiscovered)
-        if self.ood == "pu":  # cluster in the pixel space whitened by the known classes' within-class scatter
-            z = self._pu().whiten(*known, self.pool_)
-        else:
-            z = F.normalize(self._standardise(emb), dim=1).numpy()
         k = min(self.n_clusters, len(undiscovered) // max(self.svm_min_members // 2, 2))
         old = [c for c in range(self.num_seen_, self.num_classes_)]
         if k >= 2:
