@@ -4,8 +4,8 @@
     python bench/detectors.py --tag cpu-large --pool-size 256 --refresh-size 128 --omat-epochs 10 --pool-repeat 2
                                                                 # a larger OMAT budget (about 3x longer)
 
-GPU training throughput (H100, fp32 and bf16) is in bench/results/detectors-h100-throughput.json (measured with
-Detector.fit alone: the device image lacks diffusers and mlxtend, which this script needs).
+GPU training throughput (fp32 and bf16) comes from bench/detector_throughput.py (Detector.fit alone): H200 in
+bench/results/detector_throughput-h200.json, H100 in bench/results/detectors-h100-throughput.json.
 
 Real = MNIST at 16x16 (train split for training, test split halved into held-out reals, which fix the
 TPR@1%FPR threshold, and test reals). Training fakes come from one diffusion generator (zoo:mnist-ddpm,

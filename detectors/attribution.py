@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from detectors import DETECTORS
 from detectors.attribution_parts import AttributionNet, WTAHash, discovery_metrics, merge_clusters
 from guardgen.errors import GuardgenError
-from guardgen.utils import Callback, fused, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["OpenWorldAttribution", "AttributionNet", "WTAHash", "merge_clusters", "discovery_metrics", "OOD_SCORERS"]
 
@@ -200,7 +200,7 @@ class OpenWorldAttribution:
         counts = torch.bincount(y_all, minlength=self.num_classes_).float()
         weight = (counts.max() / counts.clamp_min(1)) if self.class_weighted else torch.ones_like(counts)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=fused(acc.device))
-        net, opt = acc.prepare(net, opt)
+        net, opt = prepare(acc, net, opt)
         weight = weight.to(acc.device)
         n = len(y_all)
         steps_per_epoch = max(n // self.batch_size, 1)

@@ -24,7 +24,7 @@ from torch import nn
 from detectors import DETECTORS
 from detectors.evaluate import perturb
 from guardgen.errors import GuardgenError
-from guardgen.utils import Callback, fused, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["Detector", "DetectorModule"]
 
@@ -186,7 +186,7 @@ class Detector:
             module.requires_grad_(True)
             params = list(module.parameters())
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused(acc.device))
-        module, opt = acc.prepare(module, opt)
+        module, opt = prepare(acc, module, opt)
         steps_per_epoch = max(1, -(-len(x) // self.batch_size))
         total = self.epochs * steps_per_epoch
         sched = None

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "make_accelerator", "fused", "machine_info", "Callback", "predict_logits"]
+__all__ = ["seed_everything", "make_accelerator", "prepare", "fused", "machine_info", "Callback", "predict_logits"]
 
 Callback = Callable[[int, dict], None]
 
@@ -35,6 +35,20 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient
     if cpu and mixed_precision == "fp16":
         mixed_precision = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
+
+
+def prepare(acc, *objs):
+    """``acc.prepare(*objs)`` that also places modules it has seen before.
+
+    accelerate marks what it prepares and passes a marked module through untouched, also a deep copy of one and one
+    moved back to the CPU since: a second ``fit`` on a GPU (a warm start) would then train a CPU module on CUDA
+    batches. Each module is moved to ``acc.device`` and unmarked first, so it is placed (and wrapped) again.
+    """
+    for obj in objs:
+        if isinstance(obj, torch.nn.Module):
+            obj.to(acc.device)
+            obj.__dict__.pop("_is_accelerate_prepared", None)
+    return acc.prepare(*objs)
 
 
 def fused(device: torch.device | str) -> bool:

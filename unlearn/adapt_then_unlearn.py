@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guardgen.errors import GuardgenError
-from guardgen.utils import Callback, fused, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
 __all__ = ["AdaptThenUnlearn", "GANFineTune", "REPULSIONS", "GAMMA_DEFAULTS", "repulsion_loss", "parameter_distance",
@@ -320,7 +320,7 @@ class _GANUnlearnBase:
             module.requires_grad_(True)
         opt_g = torch.optim.Adam(gen.parameters(), lr=self.lr_g, betas=tuple(self.betas), fused=fused(acc.device))
         opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr_d, betas=tuple(self.betas), fused=fused(acc.device))
-        gen, disc, opt_g, opt_d = acc.prepare(gen, disc, opt_g, opt_d)
+        gen, disc, opt_g, opt_d = prepare(acc, gen, disc, opt_g, opt_d)
         extra = (lambda g: extra_g(acc.unwrap_model(g))) if extra_g is not None else None
         for step in range(1, iterations + 1):
             g = torch.Generator().manual_seed((self.seed + seed_shift) * 1_000_003 + step)

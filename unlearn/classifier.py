@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guardgen.errors import GuardgenError
-from guardgen.utils import Callback, make_accelerator, seed_everything
+from guardgen.utils import Callback, make_accelerator, prepare, seed_everything
 from unlearn import UNLEARN
 
 __all__ = ["ClassifierUnlearner", "RetrainClassifier", "FT", "GAClassifier", "RL", "L1Sparse", "SalUn", "as_pair"]
@@ -114,7 +114,7 @@ class ClassifierUnlearner:
         self.mask_ = mask
         anchor = {n: p.detach().clone() for n, p in net.named_parameters() if mask is not None and n in mask}
         opt = self._optimizer([p for p in net.parameters() if p.requires_grad])
-        net, opt = acc.prepare(net, opt)
+        net, opt = prepare(acc, net, opt)
         named = dict(acc.unwrap_model(net).named_parameters())
 
         steps_per_epoch = math.ceil(len(y) / self.batch_size)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for
-from guardgen.utils import Callback, fused, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
 __all__ = ["ESD"]
@@ -66,7 +66,7 @@ class ESD:
         unet = copy.deepcopy(pipe.unet).train()
         params = self._params(unet)
         opt = torch.optim.Adam(params, lr=self.lr, fused=fused(acc.device))
-        unet, opt = acc.prepare(unet, opt)
+        unet, opt = prepare(acc, unet, opt)
         sampler = DDIMScheduler.from_config(pipe.scheduler.config)
         sampler.set_timesteps(self.ddim_steps, device=acc.device)
         cfg = pipe.unet.config

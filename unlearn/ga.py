@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for
 from guardgen.models.diffusion import sample_images
-from guardgen.utils import Callback, fused, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
 __all__ = ["GA"]
@@ -60,7 +60,7 @@ class GA:
         torch.manual_seed(self.seed)
         unet = copy.deepcopy(pipe.unet).train()
         opt = torch.optim.Adam(unet.parameters(), lr=self.lr, fused=fused(acc.device))
-        unet, opt = acc.prepare(unet, opt)
+        unet, opt = prepare(acc, unet, opt)
         abar = pipe.scheduler.alphas_cumprod.to(acc.device, torch.float32)
         T = len(abar)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for
-from guardgen.utils import Callback, fused, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
 __all__ = ["Redaction", "GENERIC_PROMPTS", "apply_rules"]
@@ -132,7 +132,7 @@ class Redaction:
                 targets.update(zip(chunk, enc.embed(teacher, chunk).float().cpu()))
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=self.lr, fused=fused(acc.device))
-        student, opt = acc.prepare(student, opt)
+        student, opt = prepare(acc, student, opt)
         student.eval()  # dropout off: the student must reproduce the teacher's deterministic embeddings
         n_f = max(1, self.batch_size // 2)
         self.history_ = []

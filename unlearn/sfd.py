@@ -28,7 +28,7 @@ import torch
 from guardgen.checkpoint import load_training_state, save_training_state
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for, guided_eps
-from guardgen.utils import Callback, fused, make_accelerator
+from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
 __all__ = ["SFD"]
@@ -106,7 +106,7 @@ class SFD:
         gen = copy.deepcopy(pipe.unet).train().requires_grad_(True)
         opt_fake = torch.optim.Adam(fake.parameters(), lr=self.lr_fake, betas=(0.0, 0.999), eps=1e-8, fused=fused(acc.device))
         opt_gen = torch.optim.Adam(gen.parameters(), lr=self.lr_generator, betas=(0.0, 0.999), eps=1e-8, fused=fused(acc.device))
-        fake, gen, opt_fake, opt_gen = acc.prepare(fake, gen, opt_fake, opt_gen)
+        fake, gen, opt_fake, opt_gen = prepare(acc, fake, gen, opt_fake, opt_gen)
         ema = copy.deepcopy(acc.unwrap_model(gen)).eval().requires_grad_(False) if self.ema_halflife > 0 else None
         if oracle is not None:
             oracle = oracle.to(acc.device).eval()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from guardgen.checkpoint import load_training_state, save_json, save_training_state
 from guardgen.data import load_mnist
 from guardgen.data.transforms import to_model_range
-from guardgen.utils import Callback, fused, make_accelerator, seed_everything
+from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
 
 __all__ = ["DDPMConfig", "build_ddpm", "evaluate_class_conditional", "train_class_conditional"]
@@ -63,7 +63,7 @@ def train_class_conditional(unet, noise_scheduler, train, config, out: Path, *, 
     x0_all = to_model_range(train.images)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0, fused=fused(acc.device))
-    unet, opt = acc.prepare(unet, opt)
+    unet, opt = prepare(acc, unet, opt)
     ema_module = copy.deepcopy(acc.unwrap_model(unet))  # holds the EMA weights for checkpoints
 
     state_dir = out / "training_state"

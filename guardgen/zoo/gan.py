@@ -30,7 +30,7 @@ from guardgen.data import load_mnist as _load_mnist
 from guardgen.data.transforms import to_model_range
 from guardgen.errors import GuardgenError
 from guardgen.models.gan import GAN_ARCHITECTURES, sample_gan, save_gan
-from guardgen.utils import Callback, fused, make_accelerator, seed_everything
+from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, step_generator, write_model_card
 
 __all__ = [
@@ -159,7 +159,7 @@ def build_gan(config: GANConfig, out: str | Path, *, resume: bool = False, callb
     ema = copy.deepcopy(gen).requires_grad_(False)
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=tuple(config.betas), fused=fused(acc.device))
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr_d, betas=tuple(config.betas), fused=fused(acc.device))
-    gen, disc, opt_g, opt_d = acc.prepare(gen, disc, opt_g, opt_d)
+    gen, disc, opt_g, opt_d = prepare(acc, gen, disc, opt_g, opt_d)
     ema.to(acc.device)
 
     state_dir = out / "training_state"

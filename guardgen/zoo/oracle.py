@@ -20,7 +20,7 @@ from guardgen.data import load_mnist
 from guardgen.data.transforms import random_affine
 from guardgen.metrics import accuracy
 from guardgen.models.classifier import create_classifier, save_classifier
-from guardgen.utils import Callback, fused, make_accelerator, predict_logits, seed_everything
+from guardgen.utils import Callback, fused, make_accelerator, predict_logits, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
 
 __all__ = ["OracleConfig", "build_oracle"]
@@ -55,7 +55,7 @@ def build_oracle(config: OracleConfig, out: str | Path, *, resume: bool = False,
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused(acc.device))
-    model, opt = acc.prepare(model, opt)
+    model, opt = prepare(acc, model, opt)
 
     steps_per_epoch = len(train) // config.batch_size
     total = config.epochs * steps_per_epoch

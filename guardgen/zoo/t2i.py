@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from guardgen.checkpoint import load_safetensors, load_training_state, save_json, save_safetensors, save_training_state
 from guardgen.data import load_mnist
 from guardgen.data.transforms import to_model_range
-from guardgen.utils import Callback, fused, make_accelerator, seed_everything
+from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
 
 __all__ = ["T2IConfig", "build_t2i", "digit_prompts", "WORDS"]
@@ -89,7 +89,7 @@ def build_t2i(config: T2IConfig, out: str | Path, *, resume: bool = False, callb
     noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0, fused=fused(acc.device))
-    unet, opt = acc.prepare(unet, opt)
+    unet, opt = prepare(acc, unet, opt)
     ema_module = copy.deepcopy(acc.unwrap_model(unet))
 
     state_dir = out / "training_state"

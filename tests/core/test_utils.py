@@ -1,0 +1,40 @@
+import pytest
+import torch
+from torch import nn
+
+from guardgen.utils import make_accelerator, prepare
+
+
+class _Acc:
+    """Stands in for an Accelerator on another device: records what reaches ``prepare``."""
+
+    def __init__(self, device):
+        self.device, self.seen = torch.device(device), []
+
+    def prepare(self, *objs):
+        self.seen = [(getattr(o, "_is_accelerate_prepared", False), next(o.parameters()).dtype) for o in objs]
+        return objs
+
+
+def test_prepare_places_and_unmarks_a_module_accelerate_has_seen():
+    net = nn.Linear(2, 1)
+    acc = make_accelerator("cpu")
+    net = prepare(acc, net)
+    assert net._is_accelerate_prepared  # accelerate marked it; plain acc.prepare would now pass it through
+    fake = _Acc("meta")  # a device the module is not on
+    out = prepare(fake, net)
+    assert fake.seen == [(False, torch.float32)]
+    assert out[0].weight.device.type == "meta"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_detector_warm_start_trains_on_the_gpu_again():
+    from detectors.detector import Detector
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(64, 1, 16, 16, generator=g) * 0.5, torch.rand(64, 1, 16, 16, generator=g) * 0.5 + 0.5
+    det = Detector(backbone="guardgen_digitnet", epochs=1, batch_size=32, device="cuda").fit(real, fake)
+    det.warm_start = True
+    det.fit(real, fake)  # the module went back to the CPU after the first fit
+    assert det.device_.startswith("cuda") and len(det.history_) == 8
