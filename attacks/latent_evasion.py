@@ -219,6 +219,7 @@ class LatentEvasion:
                     det_loss = self._meta_loss(space, views, codes, masks, logits, g)
             else:
                 det_loss = F.softplus(logits).mean(1)  # (m,) BCE towards "real", mean over detectors
+            det_loss = det_loss.cpu()  # the detectors' device; the codes and the attribute loss are on the CPU
             loss = (self.detector_weight * det_loss + self.attribute_weight * attr_loss
                     + self.reg_weight * space.regularizer(codes, codes0)).mean()
             opt.zero_grad(set_to_none=True)

@@ -103,7 +103,7 @@ class AttributeGuide:
             ref = F.interpolate(ref, size=shape[1:], mode="bilinear", align_corners=False, antialias=True)
             self.ref_features = self._features(ref)
             self.mode = "reference"
-            self.targets = self._logits(ref).argmax(1).repeat(n) if classifier is not None else None
+            self.targets = self._logits(ref).argmax(1).cpu().repeat(n) if classifier is not None else None
         elif target is not None:
             self.mode = "class"
             t = torch.as_tensor(target).long().flatten()
@@ -141,7 +141,7 @@ class AttributeGuide:
         if self.mode == "none":
             return torch.zeros(len(x))
         if self.mode == "reference":
-            return 1 - (self._features(x) * self.ref_features.to(x.device)).sum(1).cpu()
+            return self._distance(x)
         logits = self._logits(x)
         t = self.targets[idx].repeat_interleave(repeat)
         if self.mode == "keep" and bool((t < 0).any()):  # the start class becomes the target
@@ -157,4 +157,9 @@ class AttributeGuide:
 
     @torch.no_grad()
     def distance(self, x, idx) -> torch.Tensor | None:
-        return None if self.mode != "reference" else 1 - (self._features(x) * self.ref_features.to(x.device)).sum(1).cpu()
+        return None if self.mode != "reference" else self._distance(x)
+
+    def _distance(self, x) -> torch.Tensor:
+        """(B,) cosine distance of the classifier's features of ``x`` to the reference's, on the CPU."""
+        f = self._features(x)
+        return 1 - (f * self.ref_features.to(f.device)).sum(1).cpu()

@@ -104,7 +104,7 @@ def latent_sampler(pipe, num_inference_steps: int, *, guidance_scale: float = 1.
             eps = run(lambda xx, tt=tt: guided_eps(unet, xx, tt, c, null, guidance_scale), x)
             x = sched.step(eps, t, x, eta=0.0).prev_sample
         if vae is not None:
-            x = run(lambda zz: vae.decode(zz / vae.config.scaling_factor).sample, x)
+            x = run(lambda zz: vae.decode((zz / vae.config.scaling_factor).to(vae.dtype)).sample, x)
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     return shape, decode

@@ -53,7 +53,8 @@ class PGD:
         model.eval()
         delta = torch.zeros_like(x0)
         if self.random_start and self.eps > 0:
-            delta = (torch.rand(x0.shape, generator=generator) * 2 - 1).to(device) * self.eps
+            rand = torch.rand(x0.shape, generator=generator, device=generator.device if generator is not None else "cpu")
+            delta = (rand * 2 - 1).to(device) * self.eps
         delta = ((x0 + delta).clamp(0, 1) - x0).requires_grad_(True)
         for _ in range(self.steps):
             loss = loss_fn(model(x0 + delta), labels)

@@ -159,7 +159,7 @@ def summarise(out) -> list[str]:
         if wc:
             r, ref = wc[method], wc["retrain"]
             lines.append(f"| {method} | worst-case | " + " | ".join(f"{pct(r[k]):.2f}" for k in KEYS + ("gap",)) + f" | {r['seconds']:.1f} |")
-            lines.append(f"| (retrain on it) | worst-case | " + " | ".join(f"{pct(ref[k]):.2f}" for k in KEYS) + f" | - | {ref['seconds']:.1f} |")
+            lines.append("| (retrain on it) | worst-case | " + " | ".join(f"{pct(ref[k]):.2f}" for k in KEYS) + f" | - | {ref['seconds']:.1f} |")
             mean_gap = float(np.mean([x["gap"] for x in rows]))
             summary[method] = {"random_gap_mean": mean_gap, "random_gap_std": float(np.std([x["gap"] for x in rows])),
                                "worst_case_gap": r["gap"], "ratio": r["gap"] / mean_gap if mean_gap > 0 else float("inf"),
@@ -167,7 +167,7 @@ def summarise(out) -> list[str]:
     out["summary"] = summary
     retrain_s = float(np.mean([out["random"][s]["retrain"]["seconds"] for s in out["random"]])) if out["random"] else float("nan")
     met = sum(v["ratio"] >= 2 for v in summary.values())
-    lines += ["", f"gap ratio (worst-case / mean random): " + ", ".join(f"{m} {v['ratio']:.2f}x" for m, v in summary.items())
+    lines += ["", "gap ratio (worst-case / mean random): " + ", ".join(f"{m} {v['ratio']:.2f}x" for m, v in summary.items())
               + f" -> target >= 2x for >= 3 of 5: {'met' if met >= 3 else 'not met'} ({met} of {len(summary)})"]
     if summary:
         worst = max(v["search_seconds"] for v in summary.values())

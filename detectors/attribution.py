@@ -596,7 +596,7 @@ class OpenWorldAttribution:
             self.network_.load_state_dict(weights["model"])
         except RuntimeError as err:
             raise GuardgenError(f"{folder}/model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
-        self.network_.eval()
+        self.network_.to(device).eval()
         ood = weights["ood"]
         self.wta_ = WTAHash(self.embed_dim, perms=ood["perms"])
         self.mean_codes_, self.wta_threshold_ = ood["mean_codes"], ood["wta_threshold"]
@@ -624,7 +624,7 @@ class OpenWorldAttribution:
 
 
 def _check_images(images) -> torch.Tensor:
-    images = torch.as_tensor(images).float()
+    images = torch.as_tensor(images).float().cpu()  # the pool, whitenings and sklearn models live on the CPU
     if images.ndim != 4:
         raise GuardgenError(f"images must be (N, C, H, W) in [0, 1], got shape {tuple(images.shape)}")
     return images

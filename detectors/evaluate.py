@@ -125,7 +125,7 @@ def _jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     from PIL import Image
 
     out = []
-    for x in images:
+    for x in images.detach().cpu():
         arr = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
         buf = io.BytesIO()
@@ -150,7 +150,8 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def perturb(images: torch.Tensor, kind: str, level, *, seed: int = 0) -> torch.Tensor:
     """(N, C, H, W) in [0, 1] -> the same perturbed: ``jpeg`` (quality), ``resize`` (factor, down then back up),
-    ``blur`` (Gaussian sigma, px), ``noise`` (Gaussian std), ``none``."""
+    ``blur`` (Gaussian sigma, px), ``noise`` (Gaussian std), ``none``. The result is on the CPU."""
+    images = images.detach().cpu()
     if kind == "none":
         return images
     if kind == "jpeg":

@@ -165,10 +165,10 @@ class Redaction:
         from guardgen.models.diffusion import with_unet
 
         if hasattr(self, "unet_"):
-            return with_unet(pipe, self.unet_)
+            return with_unet(pipe, self.unet_.to(pipe.unet.device))
         new = copy.copy(pipe)
         if hasattr(self, "text_encoder_"):
-            new = type(pipe)(**{**pipe.components, "text_encoder": self.text_encoder_})
+            new = type(pipe)(**{**pipe.components, "text_encoder": self.text_encoder_.to(pipe.text_encoder.device)})
         elif hasattr(self, "sentence_encoder_"):
             new = type(pipe)(unet=pipe.unet, scheduler=pipe.scheduler,
                              **{k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in ("unet", "scheduler")

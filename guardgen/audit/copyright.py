@@ -38,7 +38,8 @@ def copyright_section(subject, shard_specs: list, conditions: list, *, config) -
         return not_run("copyright", "guardgen.copyright has no audit_naf(model, shards, ...) entry point yet", LIMITATIONS)
     from guardgen.audit.subject import load_subject
 
-    shards = [load_subject(s).model for s in shard_specs]
+    device = getattr(subject.model, "device", "cpu")  # a pipeline's; the shards sit beside it
+    shards = [load_subject(s, device=str(device)).model for s in shard_specs]
     extra = {"num_inference_steps": config.num_inference_steps} if "num_inference_steps" in inspect.signature(fn).parameters else {}
     result = fn(subject.model, shards, conditions=conditions, samples=config.copyright_samples, seed=config.seed, **extra)
     figures = {k: v for k, v in dict(result).items() if k != "k_values"}

@@ -8,8 +8,6 @@ same seeds, side by side, with a Fisher exact test of the difference.
 
 from __future__ import annotations
 
-import torch
-
 from guardgen.audit._base import Section, not_run
 from guardgen.errors import GuardgenError
 

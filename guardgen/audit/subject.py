@@ -123,8 +123,13 @@ class Subject:
         """
         if self.kind == "gan":
             d = self.model[1]
-            return torch.cat([d(images[i : i + batch_size] * 2 - 1).float().flatten() for i in range(0, len(images), batch_size)])
+            dev = next(d.parameters()).device
+            return torch.cat([d(images[i : i + batch_size].to(dev) * 2 - 1).float().flatten().cpu()
+                              for i in range(0, len(images), batch_size)])
+        from guardgen.models.conditioning import guided_eps
+
         pipe = self.model
+        images, dev = images.cpu(), pipe.unet.device
         abar = pipe.scheduler.alphas_cumprod.float()
         scale = len(abar) / 1000
         ts = [min(int(round(t * scale)), len(abar) - 1) for t in timesteps]
@@ -138,9 +143,9 @@ class Subject:
                     x0 = images[i : i + batch_size] * 2 - 1
                     a = abar[t]
                     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise[i : i + batch_size]
-                    kwargs = self.cond.embed(conds[i : i + batch_size]) if self.cond is not None else {}
-                    tt = torch.full((len(x0),), t, dtype=torch.long)
-                    eps = pipe.unet(x_t.to(pipe.unet.dtype), tt, **kwargs).sample.float()
+                    kwargs = self.cond.embed(conds[i : i + batch_size], dev) if self.cond is not None else {}
+                    tt = torch.full((len(x0),), t, dtype=torch.long, device=dev)
+                    eps = guided_eps(pipe.unet, x_t.to(dev), tt, kwargs, None, 1.0).float().cpu()
                     total[i : i + batch_size] += ((eps - noise[i : i + batch_size]) ** 2).mean((1, 2, 3))
         return -total / (len(ts) * draws)
 

@@ -89,6 +89,8 @@ def sample_cp_k(p, qs, k: float, n: int, *, generator: torch.Generator | None = 
     k = check_k(k)
     p = torch.as_tensor(p, dtype=torch.float64)
     ok = (log_ratios(p, qs) <= k).all(0)
+    if generator is not None:  # multinomial draws on the generator's device
+        p, ok = p.to(generator.device), ok.to(generator.device)
     out, tries = [], 0
     while sum(len(o) for o in out) < n:
         if tries >= max_tries:

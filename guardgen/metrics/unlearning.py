@@ -24,8 +24,8 @@ FEATURES = ("entropy", "loss", "confidence")
 
 def output_features(logits, labels, features: tuple[str, ...] = FEATURES) -> np.ndarray:
     """(N, K) logits and (N,) labels -> (N, F) per-sample features for the membership attack."""
-    logits = torch.as_tensor(logits).float()
-    labels = torch.as_tensor(labels).long()
+    logits = torch.as_tensor(logits).detach().float().cpu()
+    labels = torch.as_tensor(labels).long().cpu()
     logp = F.log_softmax(logits, -1)
     p = logp.exp()
     cols = {
@@ -82,7 +82,7 @@ def unlearning_report(model: torch.nn.Module, forget: tuple, retain: tuple, test
     The attack's members are ``mia_members`` retain samples (default: as many as the test set, as in the
     paper's code), drawn with ``seed``; its non-members are the test set.
     """
-    (xf, yf), (xr, yr), (xt, yt) = ((torch.as_tensor(x), torch.as_tensor(y).long()) for x, y in (forget, retain, test))
+    (xf, yf), (xr, yr), (xt, yt) = ((torch.as_tensor(x), torch.as_tensor(y).long().cpu()) for x, y in (forget, retain, test))
     lf, lr, lt = _logits(model, xf, batch_size), _logits(model, xr, batch_size), _logits(model, xt, batch_size)
     k = min(len(yr), mia_members or len(yt))
     pick = torch.randperm(len(yr), generator=torch.Generator().manual_seed(seed))[:k]

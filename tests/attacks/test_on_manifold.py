@@ -47,6 +47,14 @@ def test_attack_through_a_latent_diffusion_vae(tiny_sd_pipeline):
     assert torch.allclose(res.norm_ratio, torch.ones(2), atol=1e-4)
 
 
+def test_attack_on_a_pipeline_in_another_precision(tiny_sd_pipeline):
+    """float32 latents through a pipeline held in another dtype (float16 on a GPU; float64 here, which the CPU runs)."""
+    pipe = load_model(str(tiny_sd_pipeline)).to(torch.float64)
+    res = OnManifoldAttack(steps=1, num_inference_steps=2, threshold=1e-6).attack(pipe, BrightnessDetector(), ["a cat", "a dog"])
+    assert res.images.dtype == torch.float32 and torch.isfinite(res.images).all()
+    assert torch.allclose(res.norm_ratio, torch.ones(2), atol=1e-4)
+
+
 @pytest.mark.parametrize("model", [torch.nn.Linear(2, 2), (torch.nn.Linear(2, 2), None)])
 def test_no_latent_to_optimise(model):
     with pytest.raises(GuardgenError, match="no diffusion latent"):
