@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=500, help="test images per generator")
     ap.add_argument("--sample-steps", type=int, default=5, help="DDIM steps, sampling and attack alike")
     ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--pretrained", default="", help="backbone weights: 'oracle' (the zoo's digit classifier, width 32) "
+                    "or a .safetensors path; default: from scratch")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -143,6 +145,8 @@ def main() -> None:
     det_cfg = {"backbone": "guardgen_digitnet", "model_args": {"width": args.width}, "epochs": args.epochs,
                "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "mixed_precision": args.mixed_precision,
                "seed": args.seed, "augment": args.augment, "blur_sigma": (0.0, args.blur_max)}
+    if args.pretrained:
+        det_cfg["pretrained_file"] = str(zoo_path("mnist-oracle") / "model.safetensors") if args.pretrained == "oracle" else args.pretrained
     t0 = time.perf_counter()
     standard = Detector(**det_cfg).fit(real_tr, fake_tr)
     res["standard_train"] = {"seconds": round(standard.train_seconds_, 2), "images_per_second": round(standard.train_images_per_second_, 1)}
