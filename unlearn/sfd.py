@@ -271,13 +271,12 @@ class SFD:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1 - decay)
+    """ema <- decay * ema + (1 - decay) * model, over all parameters at once (one fused kernel per dtype group)."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach().to(e.dtype) for e, p in zip(ema.parameters(), model.parameters())], 1 - decay)
 
 
 def _clip_values(module: torch.nn.Module, value: float) -> None:
     """Per-value gradient clipping (the paper's setting), skipping parameters without gradients."""
-    for p in module.parameters():
-        if p.grad is not None:
-            p.grad.clamp_(-value, value)
+    torch.nn.utils.clip_grad_value_(module.parameters(), value)
