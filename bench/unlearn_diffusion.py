@@ -21,7 +21,7 @@ from pathlib import Path
 from guardgen.checkpoint import load_json, save_json
 from guardgen.models import load_model
 from guardgen.models.conditioning import conditioning_for
-from guardgen.utils import machine_info
+from guardgen.utils import machine_info, model_device
 from guardgen.zoo import zoo_path
 from unlearn import UNLEARN
 from unlearn.evaluate import concept_plan, evaluate_before_after
@@ -33,7 +33,7 @@ TARGETS = {"forget_rate": "<= 0.01", "retain_accuracy": "within 0.03 of original
 
 def run_part(name: str, spec: str, forget: list, override: list, args, work: Path, save=lambda part: None,
              done: dict | None = None) -> dict:
-    pipe = load_model(spec, device="cpu")
+    pipe = load_model(spec, device=model_device(args.device))  # sampling and evaluation run there too
     oracle = load_model("zoo:mnist-oracle", kind="classifier", device="cpu")
     cond = conditioning_for(pipe)
     plan = concept_plan(pipe, cond, forget=forget, override=override, expand=True)

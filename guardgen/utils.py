@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "make_accelerator", "prepare", "fused", "machine_info", "Callback", "predict_logits"]
+__all__ = ["seed_everything", "make_accelerator", "model_device", "prepare", "fused", "machine_info", "Callback", "predict_logits"]
 
 Callback = Callable[[int, dict], None]
 
@@ -35,6 +35,13 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient
     if cpu and mixed_precision == "fp16":
         mixed_precision = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
+
+
+def model_device(device: str = "auto") -> str:
+    """Where to load a model for a ``--device`` value: ``"auto"`` is the GPU when one is visible, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def prepare(acc, *objs):

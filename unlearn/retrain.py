@@ -58,7 +58,8 @@ class Retrain:
         t0 = time.perf_counter()
         self.metrics_ = zoo.build(self.zoo_name, folder, resume=resume, callback=callback, **overrides)
         self.train_seconds_ = time.perf_counter() - t0
-        self.pipeline_ = load_model(str(folder))
+        beside = getattr(pipe, "unet", None)  # load it beside the original, if there is one
+        self.pipeline_ = load_model(str(folder), device=str(beside.device) if beside is not None else "cpu")
         return self
 
     def to_pipeline(self, pipe):

@@ -247,9 +247,10 @@ class SFD:
         return c_teacher
 
     # -------------------------------------------------------------------------------------------------
-    def to_pipeline(self, pipe, device: str | torch.device = "cpu", *, online: bool = False):
+    def to_pipeline(self, pipe, device: str | torch.device | None = "pipe", *, online: bool = False):
         """The one-step generator as a :class:`OneStepPipeline` (with ``pipe``'s VAE / text encoder, if any),
-        its UNet on ``device`` (``None``: where it is; mid-training, the live EMA generator itself).
+        its UNet on ``device`` (``"pipe"``: beside ``pipe``'s UNet; ``None``: where it is; mid-training, the live
+        EMA generator itself).
         ``online=True`` takes the raw generator the optimiser moves instead of its EMA."""
         from diffusers import DDPMScheduler
 
@@ -258,6 +259,8 @@ class SFD:
         if not hasattr(self, "generator_"):
             raise GuardgenError("SFD is not fitted yet; call fit first")
         unet = self.online_generator_ if online else self.generator_
+        if device == "pipe":
+            device = pipe.unet.device
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         num_classes = getattr(self.conditioning_, "num_classes", 0)
         one = OneStepPipeline(unet=unet if device is None else unet.to(device), scheduler=scheduler, vae=getattr(pipe, "vae", None),

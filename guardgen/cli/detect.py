@@ -25,7 +25,7 @@ P_DATA, P_MODEL, P_OMAT, P_OUT = "Data", "Detector", "OMAT", "Output"
 # --------------------------------------------------------------------------- image sources
 
 
-def _generator(spec: str):
+def _generator(spec: str, device: str = "cpu"):
     """(kind, model) for a generator spec, or None when ``spec`` is not a model (e.g. an image folder)."""
     from guardgen.errors import GuardgenError
     from guardgen.models import load_model, resolve
@@ -38,7 +38,7 @@ def _generator(spec: str):
         raise
     if ref.kind == "classifier":
         raise GuardgenError(f"{spec}: a classifier, not a generator or an image folder")
-    return ref.kind, load_model(spec)
+    return ref.kind, load_model(spec, device=device)
 
 
 def _sample(kind: str, model, n: int, *, steps: int, seed: int):
@@ -156,6 +156,7 @@ def train(
     from detectors.omat import OMAT
     from guardgen.checkpoint import save_json
     from guardgen.errors import GuardgenError
+    from guardgen.utils import model_device
 
     if not 0 < val_fraction < 1:
         raise GuardgenError("--val-fraction must lie strictly between 0 and 1")
@@ -178,10 +179,10 @@ def train(
     runner = None
     if omat:
         gen_spec = generator or fake[0]
-        gen = _generator(gen_spec)
+        gen = _generator(gen_spec, model_device(device))  # the attacks run where the generator is
         gans = []
         for spec in latent_generator + ([gen_spec] if gen is not None and gen[0] == "gan" else []):
-            g = _generator(spec)
+            g = _generator(spec, model_device(device))
             if g is None or g[0] != "gan":
                 raise GuardgenError(f"{spec}: --latent-generator takes a GAN (zoo:mnist-gan or a GAN folder)")
             gans.append(g[1][0])

@@ -61,6 +61,7 @@ def concept(
     from guardgen.models import load_model, resolve
     from guardgen.models.conditioning import conditioning_for
     from guardgen.models.diffusion import save_pipeline
+    from guardgen.utils import model_device
     from unlearn import UNLEARN
     from unlearn.evaluate import concept_plan, evaluate_before_after
 
@@ -72,7 +73,7 @@ def concept(
     if ref.kind not in ("pipeline",):
         raise GuardgenError(f"{model}: holds a {ref.kind}; unlearn concept needs a diffusion pipeline folder or a GAN folder")
     cls = UNLEARN.get(method)
-    pipe = load_model(model, device="cpu")
+    pipe = load_model(model, device=model_device(device))
     cond = conditioning_for(pipe)
     judge = load_model(oracle, kind="classifier") if evaluate or override_mode == "oracle" else None
     plan = concept_plan(pipe, cond, forget=forget, override=override, retain=retain, expand=expand)
@@ -135,6 +136,7 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
     from guardgen.checkpoint import save_json
     from guardgen.errors import GuardgenError
     from guardgen.models import load_model
+    from guardgen.utils import model_device
     from unlearn import UNLEARN
     from unlearn.adapt_then_unlearn import evaluate_gan_unlearning
 
@@ -155,7 +157,7 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
     unknown = set(params) - known
     if unknown:
         raise GuardgenError(f"{method}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    generator, discriminator = load_model(model, kind="gan", device="cpu")
+    generator, discriminator = load_model(model, kind="gan", device=model_device(device))
     judge = load_model(oracle, kind="classifier")
     runner = cls(**params)
     console.print(f"unlearning class(es) {classes} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
@@ -203,6 +205,7 @@ def redact(
     from guardgen.models import load_model, resolve
     from guardgen.models.conditioning import conditioning_for
     from guardgen.models.diffusion import save_pipeline
+    from guardgen.utils import model_device
     from unlearn import UNLEARN
     from unlearn.evaluate import concept_plan, evaluate_redaction
 
@@ -219,7 +222,7 @@ def redact(
         if not sep or not key.strip() or not value.strip():
             raise GuardgenError(f"--replace {rule!r}: expected KEY=VALUE, e.g. seven=one")
         rules[key.strip()] = value.strip()
-    pipe = load_model(model, device="cpu")
+    pipe = load_model(model, device=model_device(device))
     cond = conditioning_for(pipe)
     plan = concept_plan(pipe, cond, forget=items, override=reference, expand=expand and cond.kind == "text")
     params = {"seed": seed, "device": device, "variant": variant, "replace": rules, **parse_sets(set_)}
@@ -304,6 +307,7 @@ def evaluate(
     from guardgen.cli.attack import classifier_data, classifier_method
     from guardgen.metrics import gap_to_retrain, unlearning_report
     from guardgen.models import load_model, model_folder
+    from guardgen.utils import model_device
 
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     if epochs is not None:
@@ -314,7 +318,7 @@ def evaluate(
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[chosen] = False
     forget, retain, tst = (train.images[chosen], train.labels[chosen]), (train.images[keep], train.labels[keep]), (test.images, test.labels)
-    net = load_model(model, kind="classifier", device="cpu")
+    net = load_model(model, kind="classifier", device=model_device(device))
     results = {"model": model, "method": method, "forget_set": str(forget_set), "forget_size": len(chosen), "seed": seed}
     with progress_callback(method) as callback:
         runner.fit(net, forget=forget, retain=retain, callback=callback)

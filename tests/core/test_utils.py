@@ -38,3 +38,13 @@ def test_detector_warm_start_trains_on_the_gpu_again():
     det.warm_start = True
     det.fit(real, fake)  # the module went back to the CPU after the first fit
     assert det.device_.startswith("cuda") and len(det.history_) == 8
+
+
+def test_model_device_resolves_auto_to_what_is_visible(monkeypatch):
+    from guardgen.utils import model_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert model_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert model_device("auto") == "cuda"
+    assert model_device("cpu") == "cpu" and model_device("cuda:1") == "cuda:1"

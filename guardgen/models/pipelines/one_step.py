@@ -82,7 +82,7 @@ class OneStepPipeline(DiffusionPipeline):
         output_type: str = "pt",
         return_dict: bool = True,
     ):
-        device = self.unet.device
+        device = self._execution_device if hasattr(self.unet, "_hf_hook") else self.unet.device  # offloaded: where it runs
         cond = {}
         if class_labels is not None:
             cond["class_labels"] = torch.as_tensor(class_labels, dtype=torch.long).flatten().to(device)
@@ -102,7 +102,7 @@ class OneStepPipeline(DiffusionPipeline):
             latents = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
         x = self.generate(latents.to(device), **cond)
         if self.vae is not None:
-            x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+            x = self.vae.decode(x.to(self.vae.device, self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
         images = ((x + 1) / 2).clamp(0, 1)
         if output_type == "pil":
             images = self.numpy_to_pil(images.cpu().permute(0, 2, 3, 1).numpy())

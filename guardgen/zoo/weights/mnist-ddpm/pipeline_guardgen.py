@@ -43,7 +43,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         output_type: str = "pt",
         return_dict: bool = True,
     ):
-        device = self.unet.device
+        device = self._execution_device if hasattr(self.unet, "_hf_hook") else self.unet.device  # offloaded: where it runs
         labels = torch.as_tensor(class_labels, dtype=torch.long).flatten().to(device)
         if (labels < 0).any() or (labels >= self.null_class).any():
             raise ValueError(f"class labels must be in [0, {self.null_class - 1}]")

@@ -66,7 +66,7 @@ class TextConditionalPipeline(DiffusionPipeline):
         output_type: str = "pt",
         return_dict: bool = True,
     ):
-        device = self.unet.device
+        device = self._execution_device if hasattr(self.unet, "_hf_hook") else self.unet.device  # offloaded: where it runs
         if prompt_embeds is None:
             prompt = [prompt] if isinstance(prompt, str) else list(prompt)
             prompt_embeds = self.encode_text(prompt)
