@@ -259,7 +259,7 @@ class SFD:
         if not hasattr(self, "generator_"):
             raise GuardgenError("SFD is not fitted yet; call fit first")
         unet = self.online_generator_ if online else self.generator_
-        if device == "pipe":
+        if isinstance(device, str) and device == "pipe":
             device = pipe.unet.device
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         num_classes = getattr(self.conditioning_, "num_classes", 0)
@@ -274,10 +274,10 @@ class SFD:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, over all parameters at once (one fused kernel per dtype group)."""
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach().to(e.dtype) for e, p in zip(ema.parameters(), model.parameters())], 1 - decay)
+    targets = list(ema.parameters())
+    torch._foreach_lerp_(targets, [p.detach().to(e.dtype) for e, p in zip(targets, model.parameters())], 1 - decay)
 
 
 def _clip_values(module: torch.nn.Module, value: float) -> None:
