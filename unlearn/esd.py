@@ -102,4 +102,4 @@ class ESD:
     def to_pipeline(self, pipe):
         from guardgen.models.diffusion import with_unet
 
-        return with_unet(pipe, self.unet_.to(pipe.unet.device))  # beside the pipeline's other parts
+        return with_unet(pipe, self.unet_)

@@ -165,7 +165,7 @@ class Redaction:
         from guardgen.models.diffusion import with_unet
 
         if hasattr(self, "unet_"):
-            return with_unet(pipe, self.unet_.to(pipe.unet.device))
+            return with_unet(pipe, self.unet_)
         new = copy.copy(pipe)
         if hasattr(self, "text_encoder_"):
             new = type(pipe)(**{**pipe.components, "text_encoder": self.text_encoder_.to(pipe.text_encoder.device)})

@@ -81,9 +81,11 @@ def guided_eps(unet, x: torch.Tensor, t: torch.Tensor, cond: dict, null: dict | 
     ``x`` and floating-point conditions are cast to the UNet's dtype (a float16 pipeline takes float32 latents).
     """
     dtype = getattr(unet, "dtype", x.dtype)
-    x = x.to(dtype)
-    cond = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
-    null = None if null is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in null.items()}
+
+    def cast(kwargs: dict) -> dict:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in kwargs.items()}
+
+    x, cond, null = x.to(dtype), cast(cond), None if null is None else cast(null)
     if guidance_scale == 1.0 or null is None:
         return unet(x, t, **cond).sample
     both = {k: torch.cat([cond[k], null[k]]) for k in cond}

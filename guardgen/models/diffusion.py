@@ -206,9 +206,10 @@ def sample_images(
 
 
 def with_unet(pipe, unet):
-    """A shallow copy of ``pipe`` whose ``unet`` is replaced (the scheduler, VAE and text encoder are shared)."""
+    """A shallow copy of ``pipe`` whose ``unet`` is replaced (the scheduler, VAE and text encoder are shared),
+    moved beside ``pipe``'s UNet so that the new pipeline runs on one device."""
     import copy
 
     new = copy.copy(pipe)
-    new.register_modules(unet=unet)
+    new.register_modules(unet=unet.to(pipe.unet.device))
     return new
