@@ -10,6 +10,16 @@ then one projected gradient step on w with the per-sample losses l_i as the grad
 through theta_u is dropped, as in the paper), and harden to the top m at the end (and every
 ``harden_every`` iterations). ``reverse=True`` ascends instead: the easiest set to forget.
 
+The paper's upper-level signal (``upper_signal="loss"``) picks the samples the unlearned model still fits
+best. Those are the most typical ones, which a retrained model fits just as well, so the set is hard to
+forget but exposes no gap to retraining for methods that only fine-tune (measured in bench/worst_case.py).
+``upper_signal="gap"`` (a guardgen variant) aims at the evaluation's own metric instead: the per-sample
+signal is ``-|l_i(theta_u(w)) - r_i|``, where ``r_i`` is the loss of a reference model that never saw sample
+i (a retraining stand-in: ``reference_folds`` models, each trained from scratch with the ``reference``
+recipe on all data but one fold, computed once before the search). It selects the samples on which the
+unlearned model departs most from retraining, in either direction: memorised samples that fine-tuning keeps
+fitting, typical samples that relabeling over-forgets.
+
 The unlearning method is passed in (``attacks`` never imports ``unlearn``):
 - classifiers: an object with ``per_sample_loss(logits, labels, w, generator)`` (guardgen's ``ft``, ``rl``,
   ``ga_classifier``, ``l1_sparse``, ``salun``; optional ``penalty(model, progress)`` and
@@ -81,7 +91,8 @@ class WorstCaseForget:
     harden_every: int = 0  # also harden w to the top m every k iterations (0: only at the end)
     batch_size: int = 256
     eval_per_class: int = 32  # diffusion: images per class for the upper-level denoising loss
-    upper_signal: str = "loss"  # diffusion: "loss" (the paper's) or "ratio" (loss after / before the lower level)
+    upper_signal: str = "loss"  # "loss" (the paper's); classifiers: "gap" (vs a held-out reference); diffusion: "ratio"
+    reference_folds: int = 2  # upper_signal="gap": reference models, each holding out one fold of the selection units
     seed: int = 0
     device: str = "auto"
     history_: list = field(default_factory=list, init=False, repr=False)
@@ -119,11 +130,15 @@ class WorstCaseForget:
             callback(it, {"total": self.iterations, **logs})
 
     # -- classifiers ------------------------------------------------------------------------------
-    def fit(self, model: nn.Module, data, *, method, callback: Callback | None = None) -> "WorstCaseForget":
+    def fit(self, model: nn.Module, data, *, method, reference=None, callback: Callback | None = None) -> "WorstCaseForget":
         """Search the worst-case forget set of ``data = (images, labels)`` (the model's training data).
 
+        ``reference`` (``upper_signal="gap"`` only): how to train the reference from scratch, an object with
+        ``fit(model, forget=(x, y), retain=(x, y))`` that sets ``model_`` (guardgen's ``retrain_classifier``;
+        use the original model's recipe), or the per-sample reference losses themselves, shape (N,).
         Sets ``indices_`` (selected sample indices, or class ids in class mode), ``sample_indices_``,
-        ``weights_`` (the relaxed w before hardening), ``losses_`` (per-sample losses after the last lower level).
+        ``weights_`` (the relaxed w before hardening), ``losses_`` (per-sample losses after the last lower level)
+        and, with ``upper_signal="gap"``, ``reference_losses_``.
         """
         if hasattr(data, "images"):
             data = (data.images, data.labels)
@@ -133,6 +148,8 @@ class WorstCaseForget:
         loss_form = _form(method, "per_sample_loss")
         penalty = getattr(method, "penalty", None)
         masker = getattr(method, "lower_level_mask", None)
+        if self.upper_signal not in ("loss", "gap"):
+            raise GuardgenError(f"a classifier's upper_signal must be 'loss' or 'gap', not {self.upper_signal!r}")
         acc = make_accelerator(self.device)
         g = torch.Generator().manual_seed(self.seed)
         t0 = time.perf_counter()
@@ -140,6 +157,7 @@ class WorstCaseForget:
         net = copy.deepcopy(model).to(acc.device)
         class_of = torch.searchsorted(classes, y)  # class mode: sample -> position of its class in w
         n_w = len(y) if self.mode == "data" else len(classes)
+        ref = self._reference_losses(model, x, y, class_of, n_w, reference) if self.upper_signal == "gap" else None
         w = torch.full((n_w,), self.size / n_w, dtype=torch.float64)
         self.history_ = []
         for it in range(1, self.iterations + 1):
@@ -162,17 +180,42 @@ class WorstCaseForget:
                             step = gr.sign() if mask is None or name not in mask else gr.sign() * mask[name]
                             p.sub_(self.theta_lr * step)
             losses = _per_sample_ce(net, x, y, self.batch_size)  # upper level: l_i(theta_u(w))
+            signal = losses if ref is None else -(losses - ref).abs()
             if self.mode == "class":
-                losses = torch.zeros(n_w, dtype=torch.float64).index_add_(0, class_of, losses.double()) / torch.bincount(class_of, minlength=n_w)
+                signal = torch.zeros(n_w, dtype=torch.float64).index_add_(0, class_of, signal.double()) / torch.bincount(class_of, minlength=n_w)
             w_before = w
-            w, top = self._upper_step(w, losses, it)
-            self._log(it, w_before, losses, top, callback)
+            w, top = self._upper_step(w, signal, it)
+            self._log(it, w_before, signal, top, callback)
         self.weights_ = w.float()
         self.losses_ = losses.float()
+        self.reference_losses_ = ref
         self.indices_ = top if self.mode == "data" else classes[top]
         self.sample_indices_ = top if self.mode == "data" else torch.nonzero(torch.isin(y, classes[top])).flatten()
         self.search_seconds_ = time.perf_counter() - t0
         return self
+
+    def _reference_losses(self, model, x, y, class_of, n_w: int, reference) -> torch.Tensor:
+        """(N,) per-sample losses of models that never saw the sample: one trained from scratch per fold."""
+        if isinstance(reference, (torch.Tensor, np.ndarray)):
+            ref = torch.as_tensor(reference, dtype=torch.float32).flatten()
+            if len(ref) != len(y) or not torch.isfinite(ref).all():
+                raise GuardgenError(f"reference losses must be {len(y)} finite values, one per sample; got {len(ref)}")
+            return ref
+        if not callable(getattr(reference, "fit", None)):
+            raise GuardgenError("upper_signal='gap' needs reference=: a from-scratch trainer (e.g. unlearn's retrain_classifier) "
+                                "or the per-sample reference losses")
+        if not 2 <= self.reference_folds <= n_w:
+            raise GuardgenError(f"reference_folds must be between 2 and {n_w}, got {self.reference_folds}")
+        fold_of = torch.empty(n_w, dtype=torch.long)  # selection unit (sample or class) -> fold
+        fold_of[torch.randperm(n_w, generator=torch.Generator().manual_seed(self.seed + 7))] = torch.arange(n_w) % self.reference_folds
+        if self.mode == "class":
+            fold_of = fold_of[class_of]
+        ref = torch.empty(len(y))
+        for k in range(self.reference_folds):
+            out = fold_of == k
+            trained = reference.fit(model, forget=(x[out], y[out]), retain=(x[~out], y[~out])).model_
+            ref[out] = _per_sample_ce(trained, x[out], y[out], self.batch_size)
+        return ref
 
     # -- diffusion models (class- or prompt-wise) --------------------------------------------------
     def fit_diffusion(self, pipe, data, *, method, callback: Callback | None = None) -> "WorstCaseForget":

@@ -78,6 +78,12 @@ def worst_case_forget(
     theta_lr: Annotated[float, typer.Option(help="Lower-level sign-SGD step size.")] = 1e-4,
     w_lr: Annotated[float, typer.Option(help="Upper-level step size on the selection weights.")] = 0.01,
     harden_every: Annotated[int, typer.Option(help="Harden the weights to the top set every k steps (0: at the end).")] = 0,
+    signal: Annotated[str, typer.Option(help="Upper-level signal: loss (the paper's: what the unlearned model still fits) or "
+                                        "gap (what departs most from a from-scratch reference that never saw the sample).")] = "loss",
+    reference_set: Annotated[list[str], typer.Option("--reference-set", help="--signal gap: the reference models' training recipe, "
+                                                     "retrain_classifier KEY=VALUE (repeatable; e.g. epochs=20, augment=false); "
+                                                     "default: the zoo oracle's.")] = [],
+    reference_folds: Annotated[int, typer.Option(help="--signal gap: reference models, each holding out one fold.")] = 2,
     resolution: Annotated[int, typer.Option(help="Image size the model takes.")] = 16,
     max_samples: Annotated[Optional[int], typer.Option(help="Search only N training samples (quick runs).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Unlearn the selected set with --method and score it.")] = True,
@@ -93,6 +99,7 @@ def worst_case_forget(
     from attacks.worst_case_forget import WorstCaseForget
     from guardgen.checkpoint import save_json
     from guardgen.data import save_grid
+    from guardgen.errors import GuardgenError
     from guardgen.metrics import unlearning_report
     from guardgen.models import load_model
 
@@ -102,24 +109,31 @@ def worst_case_forget(
         params["epochs"] = epochs
     runner = classifier_method(method, params)
     net = load_model(model, kind="classifier", device="cpu")
+    if signal not in ("loss", "gap"):
+        raise GuardgenError(f"unknown --signal {signal!r}; choose loss or gap")
+    reference = None
+    if signal == "gap":
+        reference = classifier_method("retrain_classifier", {"seed": seed + 100, "device": device, **parse_sets(reference_set)})
     search = WorstCaseForget(size=size, mode=mode, reverse=reverse, iterations=iterations, inner_steps=inner_steps,
-                             theta_lr=theta_lr, w_lr=w_lr, harden_every=harden_every, seed=seed, device=device)
+                             theta_lr=theta_lr, w_lr=w_lr, harden_every=harden_every, upper_signal=signal,
+                             reference_folds=reference_folds, seed=seed, device=device)
     search.check_size(len(train) if mode == "data" else len(torch.unique(train.labels)), "samples" if mode == "data" else "classes")
     with progress_callback("worst-case search", keys=("objective", "selected_loss")) as callback:
-        search.fit(net, (train.images, train.labels), method=runner, callback=callback)
+        search.fit(net, (train.images, train.labels), method=runner, reference=reference, callback=callback)
     chosen = search.sample_indices_
     record = {"indices": search.indices_.tolist(), "sample_indices": chosen.tolist(), "mode": mode, "size": size,
-              "reverse": reverse, "method": method, "model": model, "data": data, "resolution": resolution,
+              "reverse": reverse, "method": method, "signal": signal, "model": model, "data": data, "resolution": resolution,
               "num_samples": len(train), "max_samples": max_samples, "seed": seed}
     save_json(record, out / "indices.json")
-    losses = search.losses_[chosen] if mode == "data" else torch.zeros(len(chosen))
+    key = search.losses_ if signal == "loss" else -(search.losses_ - search.reference_losses_).abs()  # the search's own signal
+    losses = key[chosen] if mode == "data" else torch.zeros(len(chosen))
     order = chosen[torch.argsort(losses, descending=reverse, stable=True)][:100]
     save_grid(train.images[order], out / "gallery.png", nrow=10)
-    metrics = {"search_seconds": search.search_seconds_, "history": search.history_,
+    metrics = {"search_seconds": search.search_seconds_, "history": search.history_, "signal": signal,
                "class_counts": torch.bincount(train.labels[chosen], minlength=int(train.labels.max()) + 1).tolist()}
     rows = [{"metric": "search time (s)", "value": search.search_seconds_},
-            {"metric": "selected loss after lower level", "value": search.history_[-1]["selected_loss"]},
-            {"metric": "mean loss (all samples)", "value": search.history_[-1]["mean_loss"]}]
+            {"metric": f"selected {'loss' if signal == 'loss' else '-|loss - reference|'} after lower level", "value": search.history_[-1]["selected_loss"]},
+            {"metric": f"mean {'loss' if signal == 'loss' else '-|loss - reference|'} (all samples)", "value": search.history_[-1]["mean_loss"]}]
     if evaluate:
         keep = torch.ones(len(train), dtype=torch.bool)
         keep[chosen] = False
@@ -130,7 +144,7 @@ def worst_case_forget(
         metrics["evaluation"] = {**report, "train_seconds": runner.train_seconds_}
         rows += [{"metric": f"{k} after {method}", "value": v} for k, v in report.items()]
     save_json(metrics, out / "metrics.json")
-    title = f"worst-case forget set ({'easiest' if reverse else 'hardest'}, {mode}-wise, m={size}, {method})"
+    title = f"worst-case forget set ({'easiest' if reverse else 'hardest'}, {mode}-wise, m={size}, {method}, signal {signal})"
     console.print(results_table(title, rows))
     console.print(f"indices: {out / 'indices.json'}  gallery: {out / 'gallery.png'}  metrics: {out / 'metrics.json'}")
 

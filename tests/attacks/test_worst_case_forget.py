@@ -87,6 +87,71 @@ def test_class_wise_search_picks_the_best_fitted_class():
     assert torch.equal(hard.sample_indices_, torch.nonzero(y == 1).flatten())
 
 
+def test_gap_signal_picks_the_samples_furthest_from_the_reference_and_reverse_the_closest():
+    model, x, y, tags = planted_points()
+    kw = dict(size=8, iterations=3, inner_steps=0, batch_size=16, w_lr=0.05, upper_signal="gap", device="cpu")
+    fitted = F.cross_entropy(model(x), y, reduction="none").detach()  # inner_steps=0: the unlearned model is the original
+    ref = fitted.clone()
+    memorised = torch.arange(8, 40, 4)  # 8 typical/atypical samples a model that never saw them would get wrong
+    ref[memorised] += 3.0
+    ref[tags == "proto"] += 0.5  # a smaller departure: not the worst case
+    hard = WorstCaseForget(**kw).fit(model, (x, y), method=ft_form, reference=ref)
+    assert hard.indices_.tolist() == memorised.tolist()
+    assert torch.equal(hard.reference_losses_, ref)
+    easy = WorstCaseForget(reverse=True, **kw).fit(model, (x, y), method=ft_form, reference=ref)
+    assert set(easy.indices_.tolist()).isdisjoint(memorised.tolist())
+    assert set(tags[easy.indices_.numpy()]) <= {"typical", "atypical"}
+
+
+class RecordingTrainer:
+    """A from-scratch trainer (the interface of guardgen's retrain_classifier): fits a linear model to the retained data."""
+
+    def __init__(self):
+        self.held_out, self.held_labels = [], []
+
+    def fit(self, model, *, forget, retain):
+        self.held_out.append(forget[0].clone())
+        self.held_labels.append(forget[1].clone())
+        net = nn.Linear(2, 2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        for _ in range(50):
+            opt.zero_grad()
+            F.cross_entropy(net(retain[0]), retain[1]).backward()
+            opt.step()
+        self.model_ = net
+        return self
+
+
+def test_gap_signal_trains_one_reference_per_fold_on_the_other_folds():
+    model, x, y, _ = planted_points()
+    trainer = RecordingTrainer()
+    r = WorstCaseForget(size=8, iterations=2, inner_steps=1, batch_size=16, upper_signal="gap", reference_folds=3,
+                        device="cpu").fit(model, (x, y), method=ft_form, reference=trainer)
+    assert len(trainer.held_out) == 3
+    held = torch.cat(trainer.held_out)
+    assert len(held) == len(x) and len(torch.unique(held, dim=0)) == len(x)  # every sample held out exactly once
+    assert r.reference_losses_.shape == (len(x),) and torch.isfinite(r.reference_losses_).all()
+    assert len(set(r.indices_.tolist())) == 8
+    trainer = RecordingTrainer()
+    WorstCaseForget(size=1, mode="class", iterations=1, inner_steps=1, batch_size=16, upper_signal="gap",
+                    device="cpu").fit(model, (x, y), method=ft_form, reference=trainer)
+    assert len(trainer.held_out) == 2  # class mode: each fold holds out one whole class (two classes, two folds)
+    for labels in trainer.held_labels:
+        assert len(set(labels.tolist())) == 1 and len(labels) == int((y == labels[0]).sum())
+
+
+@pytest.mark.parametrize("kw,reference,message", [
+    (dict(upper_signal="ratio"), None, "'loss' or 'gap'"),
+    (dict(upper_signal="gap"), None, "needs reference="),
+    (dict(upper_signal="gap"), torch.zeros(5), "40 finite values"),
+    (dict(upper_signal="gap", reference_folds=1), RecordingTrainer(), "reference_folds must be between 2 and 40"),
+])
+def test_bad_gap_settings_are_one_line_errors(kw, reference, message):
+    model, x, y, _ = planted_points()
+    with pytest.raises(GuardgenError, match=message):
+        WorstCaseForget(size=2, device="cpu", **kw).fit(model, (x, y), method=ft_form, reference=reference)
+
+
 def test_masked_lower_level_only_moves_masked_weights():
     model, x, y, _ = planted_points()
     seen = {}

@@ -58,6 +58,19 @@ def test_class_mode_and_no_retrain(tmp_path):
     assert "UA" in result.output and "gap to retrain" not in result.output
 
 
+def test_gap_signal_from_the_cli(tmp_path):
+    out = tmp_path / "gap"
+    result = invoke("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 10, "--method", "ft", "--signal", "gap",
+                    "--reference-set", "epochs=1", "--reference-set", "augment=false", "--iterations", 1, "--inner-steps", 1, "--no-evaluate", "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "indices.json").read_text())
+    assert record["signal"] == "gap" and len(set(record["indices"])) == 10
+    # the selection is the 10 samples whose loss departs most from the held-out reference's (one iteration, hardened)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert history[0]["selected_loss"] < history[0]["mean_loss"] <= 0  # the signal is -|loss - reference|
+    assert "signal gap" in " ".join(result.output.split())  # the table title may wrap
+
+
 def test_methods_lists_the_classifier_methods():
     result = invoke("unlearn", "methods")
     assert result.exit_code == 0
@@ -76,6 +89,8 @@ def one_line(result):
     (("--size", 5, "--method", "esd"), "unknown classifier unlearning method 'esd'"),
     (("--size", 5, "--data", "cifar"), "unknown data 'cifar'"),
     (("--size", 5, "--set", "bogus=1"), "unknown setting(s) bogus"),
+    (("--size", 5, "--signal", "bogus"), "unknown --signal 'bogus'; choose loss or gap"),
+    (("--size", 5, "--signal", "gap", "--reference-set", "depth=3"), "retrain_classifier: unknown setting(s) depth"),
 ])
 def test_attack_bad_input(tmp_path, args, message):
     result = invoke("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", *args, "--out", tmp_path / "r", *QUICK)
