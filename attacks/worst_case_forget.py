@@ -137,7 +137,8 @@ class WorstCaseForget:
         ``fit(model, forget=(x, y), retain=(x, y))`` that sets ``model_`` (guardgen's ``retrain_classifier``;
         use the original model's recipe), or the per-sample reference losses themselves, shape (N,).
         Sets ``indices_`` (selected sample indices, or class ids in class mode), ``sample_indices_``,
-        ``weights_`` (the relaxed w before hardening), ``losses_`` (per-sample losses after the last lower level)
+        ``weights_`` (the relaxed w before hardening), ``losses_`` (per-sample losses after the last lower level),
+        ``sample_signal_`` (the per-sample upper-level signal: ``losses_``, or ``-|losses_ - reference_losses_|``)
         and, with ``upper_signal="gap"``, ``reference_losses_``.
         """
         if hasattr(data, "images"):
@@ -180,7 +181,8 @@ class WorstCaseForget:
                             step = gr.sign() if mask is None or name not in mask else gr.sign() * mask[name]
                             p.sub_(self.theta_lr * step)
             losses = _per_sample_ce(net, x, y, self.batch_size)  # upper level: l_i(theta_u(w))
-            signal = losses if ref is None else -(losses - ref).abs()
+            sample_signal = losses if ref is None else -(losses - ref).abs()
+            signal = sample_signal
             if self.mode == "class":
                 signal = torch.zeros(n_w, dtype=torch.float64).index_add_(0, class_of, signal.double()) / torch.bincount(class_of, minlength=n_w)
             w_before = w
@@ -188,6 +190,7 @@ class WorstCaseForget:
             self._log(it, w_before, signal, top, callback)
         self.weights_ = w.float()
         self.losses_ = losses.float()
+        self.sample_signal_ = sample_signal.float()
         self.reference_losses_ = ref
         self.indices_ = top if self.mode == "data" else classes[top]
         self.sample_indices_ = top if self.mode == "data" else torch.nonzero(torch.isin(y, classes[top])).flatten()

@@ -125,15 +125,15 @@ def worst_case_forget(
               "reverse": reverse, "method": method, "signal": signal, "model": model, "data": data, "resolution": resolution,
               "num_samples": len(train), "max_samples": max_samples, "seed": seed}
     save_json(record, out / "indices.json")
-    key = search.losses_ if signal == "loss" else -(search.losses_ - search.reference_losses_).abs()  # the search's own signal
-    losses = key[chosen] if mode == "data" else torch.zeros(len(chosen))
+    losses = search.sample_signal_[chosen] if mode == "data" else torch.zeros(len(chosen))
     order = chosen[torch.argsort(losses, descending=reverse, stable=True)][:100]
     save_grid(train.images[order], out / "gallery.png", nrow=10)
     metrics = {"search_seconds": search.search_seconds_, "history": search.history_, "signal": signal,
                "class_counts": torch.bincount(train.labels[chosen], minlength=int(train.labels.max()) + 1).tolist()}
+    what = "loss" if signal == "loss" else "-|loss - reference|"
     rows = [{"metric": "search time (s)", "value": search.search_seconds_},
-            {"metric": f"selected {'loss' if signal == 'loss' else '-|loss - reference|'} after lower level", "value": search.history_[-1]["selected_loss"]},
-            {"metric": f"mean {'loss' if signal == 'loss' else '-|loss - reference|'} (all samples)", "value": search.history_[-1]["mean_loss"]}]
+            {"metric": f"selected {what} after lower level", "value": search.history_[-1]["selected_loss"]},
+            {"metric": f"mean {what} (all samples)", "value": search.history_[-1]["mean_loss"]}]
     if evaluate:
         keep = torch.ones(len(train), dtype=torch.bool)
         keep[chosen] = False

@@ -98,6 +98,7 @@ def test_gap_signal_picks_the_samples_furthest_from_the_reference_and_reverse_th
     hard = WorstCaseForget(**kw).fit(model, (x, y), method=ft_form, reference=ref)
     assert hard.indices_.tolist() == memorised.tolist()
     assert torch.equal(hard.reference_losses_, ref)
+    assert torch.allclose(hard.sample_signal_, -(hard.losses_ - ref).abs())
     easy = WorstCaseForget(reverse=True, **kw).fit(model, (x, y), method=ft_form, reference=ref)
     assert set(easy.indices_.tolist()).isdisjoint(memorised.tolist())
     assert set(tags[easy.indices_.numpy()]) <= {"typical", "atypical"}
