@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["sfd", "esd", "ga", "retrain"])
     parser.add_argument("--forget-class", type=int, default=7)
     parser.add_argument("--override-class", type=int, default=1)
-    parser.add_argument("--sfd-iterations", type=int, default=None, help="default: SFD's own (350)")
+    parser.add_argument("--sfd-iterations", type=int, default=None, help="default: SFD's own (450)")
     parser.add_argument("--baseline-iterations", type=int, default=200)
     parser.add_argument("--retrain-steps", type=int, default=None, help="default: the zoo model's own length")
     parser.add_argument("--batch-size", type=int, default=32)
