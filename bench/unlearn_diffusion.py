@@ -25,6 +25,7 @@ from guardgen.utils import machine_info, model_device
 from guardgen.zoo import zoo_path
 from unlearn import UNLEARN
 from unlearn.evaluate import concept_plan, evaluate_before_after
+from unlearn.sfd import SFD
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"forget_rate": "<= 0.01", "retain_accuracy": "within 0.03 of original", "fd_retained": "<= 1.3x original",
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["sfd", "esd", "ga", "retrain"])
     parser.add_argument("--forget-class", type=int, default=7)
     parser.add_argument("--override-class", type=int, default=1)
-    parser.add_argument("--sfd-iterations", type=int, default=None, help="default: SFD's own (450)")
+    parser.add_argument("--sfd-iterations", type=int, default=None, help=f"default: SFD's own ({SFD.iterations})")
     parser.add_argument("--baseline-iterations", type=int, default=200)
     parser.add_argument("--retrain-steps", type=int, default=None, help="default: the zoo model's own length")
     parser.add_argument("--batch-size", type=int, default=32)
