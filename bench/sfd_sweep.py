@@ -17,6 +17,7 @@ were chosen; it writes bench/results/sfd_sweep[-TAG].json.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import time
@@ -34,6 +35,7 @@ from guardgen.zoo import zoo_path
 from guardgen.zoo.t2i import WORDS
 from unlearn import UNLEARN
 from unlearn.evaluate import concept_plan, evaluate_concept_unlearning
+from unlearn.sfd import _ema_update
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,6 +54,8 @@ def main() -> None:
     parser.add_argument("--forget", type=int, default=7)
     parser.add_argument("--override", type=int, default=1)
     parser.add_argument("--score-online", action="store_true", help="also score the raw generator beside its EMA")
+    parser.add_argument("--extra-ema", type=float, nargs="*", default=[],
+                        help="half-lives (iterations) of extra generator EMAs kept beside the run's own and scored too")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
 
@@ -95,15 +99,26 @@ def main() -> None:
         sfd = UNLEARN.create("sfd", **{**base, **params})
         run = {"setting": setting, "evals": []}
         clock = {"train": 0.0, "since": time.perf_counter()}
+        extra = {}  # half-life -> EMA of the raw generator, updated as SFD updates its own
 
-        def callback(step, logs, sfd=sfd, run=run, clock=clock):
+        def callback(step, logs, sfd=sfd, run=run, clock=clock, extra=extra):
+            for halflife in args.extra_ema:
+                if halflife not in extra:
+                    extra[halflife] = copy.deepcopy(sfd.online_generator_).eval().requires_grad_(False)
+                h = min(halflife, sfd.ema_rampup * step)
+                _ema_update(extra[halflife], sfd.online_generator_, 0.5 ** (1 / max(h, 1e-8)))
             if step not in args.eval_at:
                 return
             clock["train"] += time.perf_counter() - clock["since"]
             has_ema = sfd.ema_halflife > 0
             kinds = ["ema", "online"] if has_ema and args.score_online else ["ema" if has_ema else "online"]
+            kinds += [f"ema{h:g}" for h in args.extra_ema]
             for kind in kinds:
+                own = sfd.generator_
+                if kind.startswith("ema") and kind != "ema":
+                    sfd.generator_ = extra[float(kind[3:])]
                 one = sfd.to_pipeline(pipe, device=None, online=kind == "online")
+                sfd.generator_ = own
                 with torch.no_grad():
                     figures = evaluate_concept_unlearning(lambda c: sample_images(one, c, seed=args.seed), oracle.to(one.device), **score)
                 figures = {k: v for k, v in figures.items() if k != "per_condition"}

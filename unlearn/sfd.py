@@ -43,7 +43,10 @@ class SFD:
     setting over two seeds; the raw generator's FD swings between 1.7x and 23x the original's within 100
     iterations, sfd_sweep-cpu-ddpm-online.json). alpha is 1.5, not the paper's 1.2 (tuned for 50k iterations):
     over 350-450 iterations it gave the lower FD in every run compared (ddpm seeds 0 and 1, t2i), while 2.0
-    collapsed the generator (sfd_sweep-cpu-alpha.json)."""
+    collapsed the generator (sfd_sweep-cpu-alpha.json). The generator's learning rate warms up over 100
+    iterations: Adam's first steps move every weight by about lr whatever the gradient's size, and without the
+    warm-up the generator swung far on some seeds (FD at 450 iterations: ddpm seed 1 1.66x -> 1.36x, t2i seed 1
+    19.9x -> 6.1x; on seed 0, ddpm 1.26x -> 1.33x and t2i 1.47x -> 1.51x; sfd_sweep-cpu-warmup.json)."""
 
     alpha: float = 1.5
     lambda_retain: float = 1.0
@@ -59,6 +62,7 @@ class SFD:
     teacher_guidance: float = 1.0  # classifier-free guidance of the teacher score
     override: str = "fixed"  # "fixed" | "random" | "oracle"
     grad_clip: float = 1.0
+    warmup: int = 100  # linear warm-up of the generator's learning rate, in iterations (at most a quarter of the run)
     fake_steps: int = 1  # fake-score updates per generator update (SiD: 1; DMD2-style two time-scale: more)
     ema_halflife: float = 100.0  # EMA of the generator's weights: half-life in iterations; 0 turns it off
     ema_rampup: float = 0.25  # ... at most this share of the iterations done so far (EDM-style ramp-up)
@@ -77,6 +81,8 @@ class SFD:
             raise GuardgenError("forget_share must be in (0, 1)")
         if self.fake_steps < 1:
             raise GuardgenError("fake_steps must be at least 1")
+        if self.warmup < 0:
+            raise GuardgenError("warmup must be a non-negative number of iterations")
 
     # -------------------------------------------------------------------------------------------------
     def fit(self, pipe, *, forget: Sequence, retain: Sequence, override: Sequence | None = None, oracle=None,
@@ -120,6 +126,7 @@ class SFD:
         cfg = pipe.unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         shape = (cfg.in_channels, size, size)
+        warmup = min(self.warmup, self.iterations // 4)
         n_forget = max(1, round(self.batch_size * self.forget_share))
         n_retain = self.batch_size - n_forget
         self.conditioning_ = cond
@@ -178,6 +185,8 @@ class SFD:
 
             # ---- generator step: SiD loss, forgotten conditions scored by the teacher at the override ----
             fake.requires_grad_(False)
+            for group in opt_gen.param_groups:  # a function of the step alone, so a resumed run matches
+                group["lr"] = self.lr_generator * min(1.0, (step + 1) / max(warmup, 1))
             with acc.autocast():
                 x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
             t = torch.randint(t_min, t_max, (self.batch_size,), generator=g).to(acc.device)

@@ -24,7 +24,7 @@ def _rates(pipe, oracle, classes, n=40):
 def test_sfd_forgets_the_class_and_keeps_the_others(zoo_models):
     pipe, oracle = zoo_models
     start = SFD(iterations=0, device="cpu").fit(pipe, forget=[7], retain=RETAIN, override=[1]).to_pipeline(pipe)
-    done = SFD(iterations=30, device="cpu").fit(pipe, forget=[7], retain=RETAIN, override=[1]).to_pipeline(pipe)
+    done = SFD(iterations=45, device="cpu").fit(pipe, forget=[7], retain=RETAIN, override=[1]).to_pipeline(pipe)
     assert _rates(start, oracle, [7]) > 0.3  # the undistilled one-step generator still draws 7s
     assert _rates(done, oracle, [7]) < 0.15
     assert _rates(done, oracle, [0, 3, 8]) > 0.85
@@ -34,7 +34,8 @@ def test_sfd_forgets_the_class_and_keeps_the_others(zoo_models):
 
 def test_sfd_resume_continues_exactly(tmp_path, tiny_class_pipeline):
     pipe = load_diffusion(tiny_class_pipeline)
-    kw = dict(iterations=5, batch_size=4, device="cpu", checkpoint_every=2, t_init=40, t_min=4, t_max=70)
+    # 16 iterations: the lr warm-up (16 // 4 = 4 iterations) is still rising when the run resumes at step 2
+    kw = dict(iterations=16, batch_size=4, device="cpu", checkpoint_every=2, t_init=40, t_min=4, t_max=70)
     straight = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1])
 
     def stop(step, logs):
@@ -47,7 +48,7 @@ def test_sfd_resume_continues_exactly(tmp_path, tiny_class_pipeline):
     resumed = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, resume=True)
     a, b = straight.generator_.state_dict(), resumed.generator_.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert len(resumed.history_) == 5 and not (tmp_path / "training_state").exists()
+    assert len(resumed.history_) == 16 and not (tmp_path / "training_state").exists()
     online = resumed.to_pipeline(pipe, online=True).unet.state_dict()
     assert all(torch.allclose(straight.online_generator_.state_dict()[k], online[k], atol=1e-6) for k in online)
     assert not all(torch.equal(a[k], online[k]) for k in a)  # the EMA lags the raw generator
@@ -144,3 +145,26 @@ def test_sfd_fake_steps_take_more_fake_score_updates(tiny_class_pipeline):
     assert not all(torch.equal(a, b) for a, b in zip(one, two))
     with pytest.raises(GuardgenError, match="fake_steps"):
         SFD(iterations=1, fake_steps=0, device="cpu").fit(pipe, forget=[7], retain=[1], override=[1])
+
+
+def test_sfd_warmup_scales_the_first_generator_steps(tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    start = [p.detach().clone() for p in pipe.unet.parameters()]
+
+    def first_step(warmup):
+        sfd = SFD(iterations=8, batch_size=4, device="cpu", t_init=40, t_min=4, t_max=70, warmup=warmup)
+        moved = []
+
+        def stop(step, logs):
+            moved.append(sum((p - q).abs().sum() for p, q in zip(sfd.online_generator_.parameters(), start)).item())
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            sfd.fit(pipe, forget=[7], retain=[1, 2], override=[1], callback=stop)
+        return moved[0]
+
+    # Adam's first step moves each weight by about lr; warm-up over 2 iterations (8 // 4) halves it
+    assert first_step(8) == pytest.approx(0.5 * first_step(0), rel=0.05)
+    assert first_step(100) == pytest.approx(first_step(8), rel=1e-6)  # capped at a quarter of the run
+    with pytest.raises(GuardgenError, match="warmup"):
+        SFD(iterations=1, warmup=-1, device="cpu").fit(pipe, forget=[7], retain=[1], override=[1])
