@@ -35,7 +35,7 @@ from guardgen.zoo import zoo_path
 from guardgen.zoo.t2i import WORDS
 from unlearn import UNLEARN
 from unlearn.evaluate import concept_plan, evaluate_concept_unlearning
-from unlearn.sfd import _ema_update
+from unlearn.sfd import _ema_decay, _ema_update
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -105,8 +105,7 @@ def main() -> None:
             for halflife in args.extra_ema:
                 if halflife not in extra:
                     extra[halflife] = copy.deepcopy(sfd.online_generator_).eval().requires_grad_(False)
-                h = min(halflife, sfd.ema_rampup * step)
-                _ema_update(extra[halflife], sfd.online_generator_, 0.5 ** (1 / max(h, 1e-8)))
+                _ema_update(extra[halflife], sfd.online_generator_, _ema_decay(halflife, sfd.ema_rampup, step))
             if step not in args.eval_at:
                 return
             clock["train"] += time.perf_counter() - clock["since"]

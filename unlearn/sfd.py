@@ -206,8 +206,7 @@ class SFD:
             opt_gen.step()
             fake.requires_grad_(True)
             if ema is not None:
-                halflife = min(self.ema_halflife, self.ema_rampup * (step + 1))
-                _ema_update(ema, acc.unwrap_model(gen), 0.5 ** (1 / max(halflife, 1e-8)))
+                _ema_update(ema, acc.unwrap_model(gen), _ema_decay(self.ema_halflife, self.ema_rampup, step + 1))
 
             if not (torch.isfinite(loss_fake) and torch.isfinite(loss_gen)):
                 raise FloatingPointError(f"SFD diverged at iteration {step} (non-finite loss); "
@@ -282,6 +281,11 @@ class SFD:
 
     def get_params(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.endswith("_")}
+
+
+def _ema_decay(halflife: float, rampup: float, done: int) -> float:
+    """The EMA decay after ``done`` iterations: a half-life of ``halflife`` iterations, at most ``rampup * done``."""
+    return 0.5 ** (1 / max(min(halflife, rampup * done), 1e-8))
 
 
 @torch.no_grad()
