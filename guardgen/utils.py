@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import random
+import subprocess
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -75,8 +77,25 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "source_commit": source_commit(),
     }
     return info
+
+
+def source_commit() -> str | None:
+    """The git commit of guardgen's source tree, with ``+dirty`` when tracked files have uncommitted changes; None
+    when guardgen does not run from a git checkout (an installed wheel) or git is missing. Recorded with every
+    benchmark result, so a figure can be traced to the code that measured it."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    git = ["git", "-C", str(root)]
+    try:
+        head, dirty = (subprocess.run([*git, *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+                       for args in (("rev-parse", "--short=12", "HEAD"), ("status", "--porcelain", "--untracked-files=no")))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 @torch.no_grad()

@@ -1,8 +1,12 @@
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from guardgen.utils import make_accelerator, prepare
+import guardgen.utils
+from guardgen.utils import machine_info, make_accelerator, prepare, source_commit
 
 
 class _Acc:
@@ -48,3 +52,19 @@ def test_model_device_resolves_auto_to_what_is_visible(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert model_device("auto") == "cuda"
     assert model_device("cpu") == "cpu" and model_device("cuda:1") == "cuda:1"
+
+
+def test_machine_info_records_the_commit_of_the_source_tree(monkeypatch):
+    root = Path(guardgen.utils.__file__).resolve().parent.parent
+    commit = machine_info()["source_commit"]
+    if not (root / ".git").exists():
+        assert commit is None
+    else:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        assert commit.removesuffix("+dirty") == head.strip()[:12]
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert source_commit() is None  # git missing: no commit, and no error
