@@ -56,7 +56,7 @@ class SFD:
     alpha: float = 1.5
     lambda_retain: float = 1.0
     lambda_forget: float = 1.0
-    lr_fake: float = 6e-4  # twice the generator's: the fake score tracks a moving generator (two time-scale)
+    lr_fake: float = 6e-4  # twice lr_generator's default (two time-scale); set both when changing either
     lr_generator: float = 3e-4
     iterations: int = 450
     batch_size: int = 32
