@@ -107,6 +107,9 @@ def main() -> None:
     ap.add_argument("--pool-repeat", type=int, default=3)
     ap.add_argument("--augment", type=float, default=0.0, help="blur + JPEG training augmentation probability (CNNDetection)")
     ap.add_argument("--blur-max", type=float, default=1.0, help="largest blur sigma of the augmentation, px at 16 px")
+    ap.add_argument("--pool-threshold", type=float, default=0.5, help="OMAT's pool attacks run until p_fake < this "
+                    "(below 0.5: high-confidence adversarial fakes, the attack goes past the decision boundary)")
+    ap.add_argument("--pool-steps", type=int, default=0, help="attack steps for OMAT's pools (0: --attack-steps)")
     ap.add_argument("--keep", default="all", choices=["all", "success"], help="attacked images kept in OMAT's pool")
     ap.add_argument("--omat-lr", type=float, default=0.0, help="learning rate of OMAT's adversarial rounds (0: OMAT's default, --lr / 4)")
     ap.add_argument("--n-boot", type=int, default=300)
@@ -164,7 +167,7 @@ def main() -> None:
     t0 = time.perf_counter()
     omat = OMAT(detector=det_cfg, epochs=args.omat_epochs, pool_size=args.pool_size, refresh_every=args.refresh_every,
                 refresh_size=args.refresh_size, pool_repeat=args.pool_repeat, keep=args.keep, seed=args.seed, lr=args.omat_lr,
-                attack={"steps": args.attack_steps, "lr": args.attack_lr, "num_inference_steps": args.sample_steps,
+                attack={"steps": args.pool_steps or args.attack_steps, "lr": args.attack_lr, "threshold": args.pool_threshold, "num_inference_steps": args.sample_steps,
                         "batch_size": 32})
     omat.fit(real_tr, fake_tr, pipe=ddpm, base=standard)
     robust = omat.detector_

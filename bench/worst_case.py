@@ -2,17 +2,17 @@
 
     python bench/worst_case.py       # CPU: about 30 minutes on 2 idle cores
 
-Part 1 (classifiers): the zoo oracle architecture (guardgen_digitnet, width 32) trained on MNIST train
-(4,000 images, 16x16) until it fits its training set, as the papers' models do: 20 epochs, no augmentation,
-no label smoothing (--augment / --label-smoothing / --retrain-epochs give the zoo oracle's own recipe; with
-it the model fits no better than it generalises, the membership attack has nothing to learn, and its verdict
-on one fixed forget set swings from 0.12 to 0.77 between retraining seeds). Forget sets of 10% (400 images):
---random-sets random ones and, for each of FT, GA, RL, l1-sparse and SalUn and each upper-level --signals
-(loss: the paper's; gap: guardgen's held-out-reference variant), the data-wise worst-case set searched with
-that method as the lower level. Every set is unlearned by the method and by retraining from scratch (the
-reference), once per --eval-seeds training seed; UA, MIA-efficacy, RA, TA (percent) are averaged over those
-runs and the gap to retrain is taken between the averages (the papers' Avg. Gap); random sets as mean +- std
-over the sets. The search time includes the gap signal's reference models.
+Part 1 (classifiers): the zoo oracle architecture (guardgen_digitnet, width 32) trained on MNIST train (4,000
+images, 16x16) until it fits its training set, as the papers' models do: 20 epochs, no augmentation, no label
+smoothing (--augment / --label-smoothing / --retrain-epochs give the zoo oracle's own recipe; with it the model
+fits no better than it generalises, the membership attack has nothing to learn, and its verdict on one fixed
+forget set swings from 0.12 to 0.77 between retraining seeds). Forget sets of 10% (400 images): --random-sets
+random ones (drawn from --seed; seed 0 draws the sets of earlier runs) and, for each of FT, GA, RL, l1-sparse and
+SalUn and each upper-level --signals (loss: the paper's; gap: guardgen's held-out-reference variant), the
+data-wise worst-case set searched with that method as the lower level. Every set is unlearned by the method and
+by retraining from scratch (the reference), once per --eval-seeds training seed; UA, MIA-efficacy, RA, TA
+(percent) are averaged over those runs and the gap to retrain is taken between the averages (the papers' Avg.
+Gap); random sets as mean +- std over the sets. The search time includes the gap signal's reference models.
 Part 2 (generative): class-wise selection on zoo:mnist-ddpm with gradient ascent's per-sample denoising
 form (lambda_retain = 0) as the lower level; selections with the paper's signal (denoising loss) and with the ratio
 variant (loss after / before), each also reversed; the selected classes and random classes are then
@@ -99,7 +99,7 @@ def classifier_part(args, out, save):
     save()
     size = int(round(args.forget_share * len(train)))
     for s in range(args.random_sets):
-        fi = torch.randperm(len(train), generator=torch.Generator().manual_seed(1000 + s))[:size]
+        fi = torch.randperm(len(train), generator=torch.Generator().manual_seed(1000 * (args.seed + 1) + s))[:size]
         evaluate_set(f"set{s}", fi, train, test, original, net, args, out["random"], save)
     reference = UNLEARN.create("retrain_classifier", **recipe(args), seed=args.seed + 100, device=args.device)
     for signal in args.signals:

@@ -168,3 +168,93 @@ def test_sfd_warmup_scales_the_first_generator_steps(tiny_class_pipeline):
     assert first_step(100) == pytest.approx(first_step(8), rel=1e-6)  # capped at a quarter of the run
     with pytest.raises(GuardgenError, match="warmup"):
         SFD(iterations=1, warmup=-1, device="cpu").fit(pipe, forget=[7], retain=[1], override=[1])
+
+
+def test_sfd_regression_pairs_are_the_teachers_ddim_samples_at_the_override(tiny_class_pipeline):
+    from attacks.on_manifold import latent_sampler
+    from guardgen.models.conditioning import conditioning_for
+    from guardgen.utils import make_accelerator
+
+    pipe = load_diffusion(tiny_class_pipeline)
+    sfd = SFD(regression_pairs=8, regression_steps=4, forget_share=0.25, device="cpu")
+    pairs = sfd._regression_pairs(pipe.unet, pipe, conditioning_for(pipe), (1, 8, 8), [1, 2], [7], [3], None,
+                                  make_accelerator("cpu", "no"))
+    assert pairs["conditions"][-2:] == [7, 7] and pairs["is_forget"] == [False] * 6 + [True] * 2
+    assert set(pairs["conditions"][:6]) <= {1, 2}
+    # an independent DDIM (the on-manifold attack's sampler): retained pairs at their class, forgotten at the override
+    _, decode = latent_sampler(pipe, 4, checkpointing=False)
+    with torch.no_grad():
+        ref = decode(pairs["z"], pairs["conditions"][:6] + [3, 3])
+        forgotten = decode(pairs["z"][-2:], [7, 7])
+    ours = ((pairs["y"] + 1) / 2).clamp(0, 1)
+    assert torch.allclose(ours, ref, atol=1e-4)
+    assert not torch.allclose(ours[-2:], forgotten, atol=1e-2)
+
+
+def test_sfd_regression_pulls_the_generator_onto_the_teachers_map(tiny_class_pipeline):
+    from guardgen.models.conditioning import conditioning_for
+    from guardgen.utils import make_accelerator
+
+    pipe = load_diffusion(tiny_class_pipeline)
+    kw = dict(iterations=20, batch_size=4, device="cpu", t_init=40, t_min=4, t_max=70, ema_halflife=0, warmup=0,
+              lr_generator=3e-3, regression_pairs=4, regression_retain_batch=3, regression_forget_batch=1, regression_steps=3)
+    # the pairs are a function of the seed: these are the ones a run with the regression on trains against
+    pairs = SFD(lambda_regression=1.0, **kw)._regression_pairs(pipe.unet, pipe, conditioning_for(pipe), (1, 8, 8), [1, 2],
+                                                               [7], [1], None, make_accelerator("cpu", "no"))
+
+    def pair_error(lam):
+        sfd = SFD(lambda_regression=lam, **kw).fit(pipe, forget=[7], retain=[1, 2], override=[1])
+        a = pipe.scheduler.alphas_cumprod[sfd.t_init_]  # t_init on the tiny model's 100-step schedule
+        with torch.no_grad():
+            eps = sfd.generator_((1 - a).sqrt() * pairs["z"], torch.full((4,), sfd.t_init_),
+                                 class_labels=torch.tensor(pairs["conditions"])).sample
+        x_g = pairs["z"] * ((1 - a) / a).sqrt() - (1 / a - 1).sqrt() * eps  # the one-step generator's output
+        return (x_g - pairs["y"]).pow(2).mean().item()
+
+    assert pair_error(30.0) < 0.9 * pair_error(0.0)  # measured: 0.41 against 0.50
+
+
+def test_sfd_regression_resumes_exactly(tmp_path, tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    kw = dict(iterations=6, batch_size=4, device="cpu", checkpoint_every=2, t_init=40, t_min=4, t_max=70, lambda_regression=1.0,
+              regression_pairs=6, regression_retain_batch=2, regression_forget_batch=1, regression_steps=2)
+    straight = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1])
+
+    def stop(step, logs):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, callback=stop)
+    resumed = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, resume=True)
+    a, b = straight.generator_.state_dict(), resumed.generator_.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    plain = SFD(**{**kw, "lambda_regression": 0.0}).fit(pipe, forget=[7], retain=[1, 2], override=[1])
+    assert not all(torch.allclose(a[k], plain.generator_.state_dict()[k], atol=1e-6) for k in a)
+    with pytest.raises(GuardgenError, match="regression_pairs"):
+        SFD(iterations=1, lambda_regression=1.0, regression_pairs=1, device="cpu").fit(pipe, forget=[7], retain=[1], override=[1])
+
+
+def test_sfd_forget_negative_asks_the_teacher_for_the_concept_on_forgotten_rows(tiny_class_pipeline):
+    """eps(c_o) + w (eps(c_o) - eps(c_f)) on forgotten rows: with w > 0 the teacher is also run at the concept there."""
+    pipe = load_diffusion(tiny_class_pipeline)
+    kw = dict(iterations=1, batch_size=4, device="cpu", t_init=40, t_min=4, t_max=70, lambda_regression=0.0)
+    teacher_labels = []
+
+    def spy(module, args, kwargs, output):  # deep copies of the UNet keep the hook; the teacher is the one in eval mode
+        if not module.training:
+            teacher_labels.append(kwargs["class_labels"].tolist())
+
+    handle = pipe.unet.register_forward_hook(spy, with_kwargs=True)
+    try:
+        plain = SFD(forget_negative=0.0, **kw).fit(pipe, forget=[7], retain=[1, 2], override=[3])
+        without, teacher_labels[:] = list(teacher_labels), []
+        steered = SFD(forget_negative=1.0, **kw).fit(pipe, forget=[7], retain=[1, 2], override=[3])
+    finally:
+        handle.remove()
+    assert len(without) == 1 and without[0][-1] == 3  # one call; the forgotten row at the override
+    assert len(teacher_labels) == 2 and teacher_labels[0] == without[0] and teacher_labels[1] == [7]
+    assert plain.history_[0]["loss_fake"] == steered.history_[0]["loss_fake"]  # the fake-score step is untouched
+    assert plain.history_[0]["forget_gen"] != steered.history_[0]["forget_gen"]
+    with pytest.raises(GuardgenError, match="forget_negative"):
+        SFD(iterations=1, forget_negative=-1.0, device="cpu").fit(pipe, forget=[7], retain=[1], override=[1])
