@@ -27,8 +27,8 @@ SFD):
 
 Both on (1.0 and 1.0), at 450 iterations (bench/results/sfd_sweep-cpu-regression.json): on the zoo text model FD on
 retained classes goes from 1.75x/1.92x to 1.17x/1.49x the original's (seeds 0/1) with forget rate 0.000, but on the
-class-conditional model from 1.26x/1.37x to 1.31x/1.39x, and a run takes 8-10% longer (the pairs, and a teacher pass
-on the forgotten rows), which puts both models at or over a quarter of a retrain. So they stay opt-in.
+class-conditional model from 1.26x/1.37x to 1.31x/1.39x, and a run took 4-18% longer in the sweeps (the pairs, and a
+teacher pass on the forgotten rows), which puts both models at or over a quarter of a retrain. So they stay opt-in.
 """
 
 from __future__ import annotations
