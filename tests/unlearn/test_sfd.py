@@ -32,10 +32,8 @@ def test_sfd_forgets_the_class_and_keeps_the_others(zoo_models):
     assert (ones == 1).float().mean() > 0.7  # the forgotten class became the override
 
 
-def test_sfd_resume_continues_exactly(tmp_path, tiny_class_pipeline):
-    pipe = load_diffusion(tiny_class_pipeline)
-    # 16 iterations: the lr warm-up (16 // 4 = 4 iterations) is still rising when the run resumes at step 2
-    kw = dict(iterations=16, batch_size=4, device="cpu", checkpoint_every=2, t_init=40, t_min=4, t_max=70)
+def _straight_and_resumed(pipe, kw: dict, out):
+    """Two runs of SFD(**kw): one straight through, one interrupted at step 3 and resumed from ``out``."""
     straight = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1])
 
     def stop(step, logs):
@@ -43,9 +41,16 @@ def test_sfd_resume_continues_exactly(tmp_path, tiny_class_pipeline):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, callback=stop)
-    assert (tmp_path / "training_state" / "state.json").is_file()
-    resumed = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, resume=True)
+        SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=out, callback=stop)
+    assert (out / "training_state" / "state.json").is_file()
+    return straight, SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=out, resume=True)
+
+
+def test_sfd_resume_continues_exactly(tmp_path, tiny_class_pipeline):
+    pipe = load_diffusion(tiny_class_pipeline)
+    # 16 iterations: the lr warm-up (16 // 4 = 4 iterations) is still rising when the run resumes at step 2
+    kw = dict(iterations=16, batch_size=4, device="cpu", checkpoint_every=2, t_init=40, t_min=4, t_max=70)
+    straight, resumed = _straight_and_resumed(pipe, kw, tmp_path)
     a, b = straight.generator_.state_dict(), resumed.generator_.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert len(resumed.history_) == 16 and not (tmp_path / "training_state").exists()
@@ -218,15 +223,7 @@ def test_sfd_regression_resumes_exactly(tmp_path, tiny_class_pipeline):
     pipe = load_diffusion(tiny_class_pipeline)
     kw = dict(iterations=6, batch_size=4, device="cpu", checkpoint_every=2, t_init=40, t_min=4, t_max=70, lambda_regression=1.0,
               regression_pairs=6, regression_retain_batch=2, regression_forget_batch=1, regression_steps=2)
-    straight = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1])
-
-    def stop(step, logs):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, callback=stop)
-    resumed = SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=tmp_path, resume=True)
+    straight, resumed = _straight_and_resumed(pipe, kw, tmp_path)
     a, b = straight.generator_.state_dict(), resumed.generator_.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     plain = SFD(**{**kw, "lambda_regression": 0.0}).fit(pipe, forget=[7], retain=[1, 2], override=[1])
