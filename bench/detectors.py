@@ -167,8 +167,8 @@ def main() -> None:
     t0 = time.perf_counter()
     omat = OMAT(detector=det_cfg, epochs=args.omat_epochs, pool_size=args.pool_size, refresh_every=args.refresh_every,
                 refresh_size=args.refresh_size, pool_repeat=args.pool_repeat, keep=args.keep, seed=args.seed, lr=args.omat_lr,
-                attack={"steps": args.pool_steps or args.attack_steps, "lr": args.attack_lr, "threshold": args.pool_threshold, "num_inference_steps": args.sample_steps,
-                        "batch_size": 32})
+                attack={"steps": args.pool_steps or args.attack_steps, "lr": args.attack_lr, "threshold": args.pool_threshold,
+                        "num_inference_steps": args.sample_steps, "batch_size": 32})
     omat.fit(real_tr, fake_tr, pipe=ddpm, base=standard)
     robust = omat.detector_
     trained_images = args.omat_epochs * (len(real_tr) + len(fake_tr)) + args.pool_repeat * args.omat_epochs * len(omat.pool_)

@@ -165,6 +165,7 @@ class SFD:
         warmup = min(self.warmup, self.iterations // 4)
         n_forget = max(1, round(self.batch_size * self.forget_share))
         n_retain = self.batch_size - n_forget
+        forget_rows = torch.arange(n_retain, self.batch_size, device=acc.device)  # the batch's last n_forget rows
         t0 = time.perf_counter()  # the regression pairs are part of the method's cost
         pairs = None
         if self.lambda_regression > 0:  # pair slots: the first retained ones and the first forgotten ones of each batch
@@ -246,9 +247,9 @@ class SFD:
             with acc.autocast():
                 eps_teacher = guided_eps(teacher, x_t, t, cond.embed(c_teacher, acc.device), null, self.teacher_guidance).float()
                 if self.forget_negative > 0:  # forgotten rows: eps_o + w (eps_o - eps_f), the concept as a negative prompt
-                    f = is_forget.nonzero().squeeze(1)
-                    eps_f = guided_eps(teacher, x_t[f], t[f], cond.embed([c_gen[i] for i in f.tolist()], acc.device),
-                                       cond.null(len(f), acc.device), self.teacher_guidance).float()
+                    f = forget_rows
+                    eps_f = guided_eps(teacher, x_t[f], t[f], cond.embed(c_gen[n_retain:], acc.device),
+                                       cond.null(n_forget, acc.device), self.teacher_guidance).float()
                     eps_teacher = eps_teacher.index_add(0, f, self.forget_negative * (eps_teacher[f] - eps_f))
                 p = denoise(eps_teacher, x_t, a)
                 s = denoise(fake(x_t, t, **cg).sample.float(), x_t, a)
@@ -300,9 +301,9 @@ class SFD:
         elif self.override == "random":
             c_teacher += [rng.choice(retain) for _ in range(n_f)]
         else:  # the oracle's pick on the teacher's sample of the forgotten condition, forgotten classes masked
-            _, y_f = _teacher_pairs(teacher, pipe.scheduler.config, cond, c_gen[len(c_teacher):], shape,
-                                    self.regression_steps, self.teacher_guidance, self.seed, acc.device, offset=len(c_teacher))
-            with torch.no_grad():
+            with torch.no_grad(), acc.autocast():
+                _, y_f = _teacher_pairs(teacher, pipe.scheduler.config, cond, c_gen[len(c_teacher):], shape,
+                                        self.regression_steps, self.teacher_guidance, self.seed, acc.device, offset=len(c_teacher))
                 logits = oracle(((y_f.clamp(-1, 1) + 1) / 2).to(acc.device)).float()
             logits[:, forget] = float("-inf")
             c_teacher += logits.argmax(1).tolist()
