@@ -32,13 +32,18 @@ def evaluate_concept_unlearning(
     per_condition: int = 100,
     real_retained: torch.Tensor | None = None,
     override_class: int | None = None,
+    retime_below: float = 10.0,
 ) -> dict:
     """Score a generator; ``forget``/``retain``/``paraphrases`` map a condition (class id or prompt) to
     the oracle class it depicts; ``sample_fn(conditions)`` returns (N, C, H, W) images in [0, 1].
 
     ``override_as_forgotten_rate`` (with ``override_class`` among the retained classes): the share of the
     override condition's own samples that the oracle reads as a forgotten class. Methods that map the
-    forgotten concept onto the override (SFD, ESD-style) inherit it as a floor on their forget rate."""
+    forgotten concept onto the override (SFD, ESD-style) inherit it as a floor on their forget rate.
+
+    ``samples_per_second``: a draw that took under ``retime_below`` seconds is timed once more and the faster
+    time kept (as ``timeit`` does), since one-time costs (kernel loading and selection for each new batch
+    shape, on a GPU above all) weigh on a short draw; a long draw amortises them and is not repeated."""
     conditions = [c for c in forget for _ in range(per_condition)] + [c for c in retain for _ in range(per_condition)]
     paraphrases = paraphrases or {}
     conditions += [c for c in paraphrases for _ in range(per_condition)]
@@ -46,6 +51,10 @@ def evaluate_concept_unlearning(
     t0 = time.perf_counter()
     images = sample_fn(conditions)
     seconds = time.perf_counter() - t0
+    if seconds < retime_below:
+        t0 = time.perf_counter()
+        sample_fn(conditions)
+        seconds = min(seconds, time.perf_counter() - t0)
     targets = torch.tensor([mapping[c] for c in conditions])
     pred = predict_logits(oracle, images).argmax(1)
     hits = (pred == targets).float()
