@@ -80,7 +80,7 @@ def latent_sampler(pipe, num_inference_steps: int, *, guidance_scale: float = 1.
     """
     from diffusers import DDIMScheduler
 
-    from guardgen.models.conditioning import conditioning_for, guided_eps
+    from guardgen.models.conditioning import conditioning_for, ddim_sample
 
     _needs_diffusion(pipe)
     unet, vae = pipe.unet, getattr(pipe, "vae", None)
@@ -98,11 +98,7 @@ def latent_sampler(pipe, num_inference_steps: int, *, guidance_scale: float = 1.
     def decode(z: torch.Tensor, conds: Sequence) -> torch.Tensor:
         c = cond.embed(list(conds), device)
         null = cond.null(len(z), device) if guidance_scale != 1.0 else None
-        x = z.to(device) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            tt = t.to(device)
-            eps = run(lambda xx, tt=tt: guided_eps(unet, xx, tt, c, null, guidance_scale), x)
-            x = sched.step(eps, t, x, eta=0.0).prev_sample
+        x = ddim_sample(unet, sched, z.to(device) * sched.init_noise_sigma, c, null, guidance_scale, run=run)
         if vae is not None:
             x = run(lambda zz: vae.decode((zz / vae.config.scaling_factor).to(vae.dtype)).sample, x)
         return ((x.float() + 1) / 2).clamp(0, 1)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
-from guardgen.models.conditioning import conditioning_for
+from guardgen.models.conditioning import conditioning_for, ddim_sample
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
@@ -79,8 +79,7 @@ class ESD:
             stop = rng.randrange(self.ddim_steps)
             x = torch.randn((self.batch_size, cfg.in_channels, size, size), generator=g).to(acc.device)
             with torch.no_grad():  # partial DDIM sampling with the model being erased
-                for t in sampler.timesteps[:stop]:
-                    x = sampler.step(unet(x, t, **c_emb).sample, t, x).prev_sample
+                x = ddim_sample(unet, sampler, x, c_emb, timesteps=sampler.timesteps[:stop])
             t = sampler.timesteps[stop].expand(self.batch_size)
             with torch.no_grad():
                 e0, ec = frozen(x, t, **null).sample, frozen(x, t, **c_emb).sample

@@ -28,7 +28,9 @@ SFD):
 Both on (1.0 and 1.0), at 450 iterations (bench/results/sfd_sweep-cpu-regression.json): on the zoo text model FD on
 retained classes goes from 1.75x/1.92x to 1.17x/1.49x the original's (seeds 0/1) with forget rate 0.000, but on the
 class-conditional model from 1.26x/1.37x to 1.31x/1.39x, and a run took 4-18% longer in the sweeps (the pairs, and a
-teacher pass on the forgotten rows), which puts both models at or over a quarter of a retrain. So they stay opt-in.
+teacher pass on the forgotten rows), which puts both models at or over a quarter of a retrain. On a second concept
+(forget 3 -> override 8, seed 0; sfd_sweep-cpu-forget3.json) they hurt: FD 1.22x -> 1.68x (text) and 1.12x -> 2.37x
+(class), where the default meets every target. So they stay opt-in, an experiment rather than a recommendation.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import torch
 
 from guardgen.checkpoint import load_training_state, save_training_state
 from guardgen.errors import GuardgenError
-from guardgen.models.conditioning import conditioning_for, guided_eps
+from guardgen.models.conditioning import conditioning_for, ddim_sample, guided_eps
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
@@ -382,10 +384,7 @@ def _teacher_pairs(teacher, scheduler_config, cond, conditions: list, shape: tup
     for i in range(0, len(conditions), batch_size):
         x = z[i : i + batch_size] * sched.init_noise_sigma
         c, null = cond.embed(conditions[i : i + batch_size], device), cond.null(len(x), device)
-        for t in sched.timesteps:
-            eps = guided_eps(teacher, x, t.to(device), c, null, guidance).float()
-            x = sched.step(eps, t, x, eta=0.0).prev_sample
-        ys.append(x.float())
+        ys.append(ddim_sample(teacher, sched, x, c, null, guidance).float())
     return z, torch.cat(ys)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from guardgen.errors import GuardgenError
 
-__all__ = ["ClassConditioning", "TextConditioning", "conditioning_for", "guided_eps"]
+__all__ = ["ClassConditioning", "TextConditioning", "conditioning_for", "guided_eps", "ddim_sample"]
 
 
 class ClassConditioning:
@@ -92,6 +92,23 @@ def guided_eps(unet, x: torch.Tensor, t: torch.Tensor, cond: dict, null: dict | 
     eps_c, eps_u = unet(torch.cat([x, x]), torch.cat([t, t]) if t.ndim else t, **both).sample.chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
 
+
+
+def ddim_sample(unet, scheduler, x: torch.Tensor, cond: dict, null: dict | None = None, guidance_scale: float = 1.0, *,
+                timesteps: Sequence | None = None, run: Callable | None = None) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0): (B, C, H, W) ``x`` at the first of ``timesteps`` (default: all of the
+    ``scheduler``'s, after its ``set_timesteps``) -> the sample after them, guided by :func:`guided_eps`.
+
+    Each noise prediction is taken in float32 before the update. ``run(fn, x)``, if given, evaluates
+    ``fn(x)`` (gradient checkpointing, say)."""
+    for t in scheduler.timesteps if timesteps is None else timesteps:
+        tt = t.to(x.device)
+
+        def eps_at(xx, tt=tt):
+            return guided_eps(unet, xx, tt, cond, null, guidance_scale).float()
+
+        x = scheduler.step(eps_at(x) if run is None else run(eps_at, x), t, x, eta=0.0).prev_sample
+    return x
 
 def conditioning_for(pipe):
     """The conditioning of a loaded pipeline (class-conditional, the zoo's text model, or Stable Diffusion)."""

@@ -79,3 +79,35 @@ def test_pickle_only_folder_is_refused(tmp_path):
     torch.save({"w": torch.ones(1)}, folder / "diffusion_pytorch_model.bin")
     with pytest.raises(GuardgenError, match="safetensors"):
         load_model(str(folder))
+
+
+def test_ddim_sample_is_the_deterministic_ddim_update_under_guidance(tiny_class_pipeline):
+    from guardgen.models.conditioning import conditioning_for, ddim_sample
+
+    pipe = load_diffusion(tiny_class_pipeline)
+    unet, sched, cond = pipe.unet, pipe.scheduler, conditioning_for(pipe)
+    sched.set_timesteps(4)
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    c, null = cond.embed([1, 2, 3], "cpu"), cond.null(3, "cpu")
+    abar = sched.alphas_cumprod
+
+    # by hand: x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), clipped (the scheduler's clip_sample); x <- sqrt(a_prev) x0 + sqrt(1 - a_prev) eps
+    x = x_T.clone()
+    with torch.no_grad():
+        for t in sched.timesteps[1:3]:
+            eps_c, eps_u = unet(x, t, **c).sample, unet(x, t, **null).sample
+            eps = eps_u + 2.0 * (eps_c - eps_u)
+            prev = int(t) - sched.config.num_train_timesteps // 4
+            a_t, a_prev = abar[int(t)], abar[prev] if prev >= 0 else torch.tensor(1.0)
+            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        ours = ddim_sample(unet, sched, x_T, c, null, 2.0, timesteps=sched.timesteps[1:3])
+    assert torch.allclose(ours, x, atol=1e-5)
+
+    calls = []
+    with torch.no_grad():
+        hooked = ddim_sample(unet, sched, x_T, c, null, 2.0, timesteps=sched.timesteps[1:3],
+                             run=lambda fn, xx: calls.append(xx.shape) or fn(xx))
+    assert torch.equal(hooked, ours) and calls == [x_T.shape] * 2  # run() evaluates every noise prediction
+    with torch.no_grad():
+        assert not torch.allclose(ddim_sample(unet, sched, x_T, c, null, 1.0, timesteps=sched.timesteps[1:3]), ours, atol=1e-3)
