@@ -93,7 +93,6 @@ def guided_eps(unet, x: torch.Tensor, t: torch.Tensor, cond: dict, null: dict | 
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
-
 def ddim_sample(unet, scheduler, x: torch.Tensor, cond: dict, null: dict | None = None, guidance_scale: float = 1.0, *,
                 timesteps: Sequence | None = None, run: Callable | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta = 0): (B, C, H, W) ``x`` at the first of ``timesteps`` (default: all of the
@@ -109,6 +108,7 @@ def ddim_sample(unet, scheduler, x: torch.Tensor, cond: dict, null: dict | None 
 
         x = scheduler.step(eps_at(x) if run is None else run(eps_at, x), t, x, eta=0.0).prev_sample
     return x
+
 
 def conditioning_for(pipe):
     """The conditioning of a loaded pipeline (class-conditional, the zoo's text model, or Stable Diffusion)."""

@@ -91,7 +91,8 @@ def test_ddim_sample_is_the_deterministic_ddim_update_under_guidance(tiny_class_
     c, null = cond.embed([1, 2, 3], "cpu"), cond.null(3, "cpu")
     abar = sched.alphas_cumprod
 
-    # by hand: x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), clipped (the scheduler's clip_sample); x <- sqrt(a_prev) x0 + sqrt(1 - a_prev) eps
+    # by hand: x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), clipped (the scheduler's clip_sample),
+    # then x <- sqrt(a_prev) x0 + sqrt(1 - a_prev) eps
     x = x_T.clone()
     with torch.no_grad():
         for t in sched.timesteps[1:3]:
