@@ -168,6 +168,9 @@ class SFD:
         n_forget = max(1, round(self.batch_size * self.forget_share))
         n_retain = self.batch_size - n_forget
         forget_rows = torch.arange(n_retain, self.batch_size, device=acc.device)  # the batch's last n_forget rows
+        is_forget = torch.arange(self.batch_size, device=acc.device) >= n_retain
+        weight = torch.where(is_forget, self.lambda_forget, self.lambda_retain)
+        null = cond.null(self.batch_size, acc.device)
         t0 = time.perf_counter()  # the regression pairs are part of the method's cost
         pairs = None
         if self.lambda_regression > 0:  # pair slots: the first retained ones and the first forgotten ones of each batch
@@ -210,13 +213,10 @@ class SFD:
                 reg_idx = [rng.choice(pool[slot >= n_retain]) for slot in slots]
                 for slot, i in zip(slots, reg_idx):
                     c_gen[slot] = pairs["conditions"][i]
-            is_forget = torch.tensor([False] * n_retain + [True] * n_forget, device=acc.device)
             g = torch.Generator().manual_seed(self.seed * 7_919 + step)
             cg = cond.embed(c_gen, acc.device)
-            null = cond.null(self.batch_size, acc.device)
 
             # ---- fake-score step(s): denoising score matching on stop-gradient generator samples ----
-            weight = torch.where(is_forget, self.lambda_forget, self.lambda_retain)
             for _ in range(self.fake_steps):
                 with torch.no_grad(), acc.autocast():
                     x_g = one_step(gen, torch.randn((self.batch_size, *shape), generator=g).to(acc.device), cg)
@@ -250,8 +250,8 @@ class SFD:
                 eps_teacher = guided_eps(teacher, x_t, t, cond.embed(c_teacher, acc.device), null, self.teacher_guidance).float()
                 if self.forget_negative > 0:  # forgotten rows: eps_o + w (eps_o - eps_f), the concept as a negative prompt
                     f = forget_rows
-                    eps_f = guided_eps(teacher, x_t[f], t[f], cond.embed(c_gen[n_retain:], acc.device),
-                                       cond.null(n_forget, acc.device), self.teacher_guidance).float()
+                    eps_f = guided_eps(teacher, x_t[f], t[f], {k: v[f] for k, v in cg.items()},
+                                       {k: v[f] for k, v in null.items()}, self.teacher_guidance).float()
                     eps_teacher = eps_teacher.index_add(0, f, self.forget_negative * (eps_teacher[f] - eps_f))
                 p = denoise(eps_teacher, x_t, a)
                 s = denoise(fake(x_t, t, **cg).sample.float(), x_t, a)
