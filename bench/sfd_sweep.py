@@ -43,7 +43,8 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["ddpm", "t2i"], default="ddpm")
-    parser.add_argument("--original-from", default="", help="JSON with the original's figures at key 'original' or parts.<model>.original")
+    parser.add_argument("--original-from", default="", help="JSON with the original's figures: at key 'original', parts.<model>.original, "
+                        "or the part run with the same model, --forget and --override")
     parser.add_argument("--grid", default='{"lr": [1e-4]}', help="JSON: SFD field (or 'lr' for both lrs) -> values")
     parser.add_argument("--eval-at", type=int, nargs="+", default=[100, 200, 300])
     parser.add_argument("--per-condition", type=int, default=200)
@@ -77,8 +78,7 @@ def main() -> None:
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     if args.original_from:
-        earlier = load_json(args.original_from)
-        original = earlier.get("original") or earlier["parts"][args.model]["original"]
+        original = earlier_original(load_json(args.original_from), args.model, args.forget, args.override)
         result["original_from"] = args.original_from
     else:
         original = evaluate_concept_unlearning(
@@ -130,6 +130,21 @@ def main() -> None:
         sfd.fit(pipe, forget=forget, retain=retain, override=override, callback=callback)
         result["runs"].append(run)
         save_json(result, out_path)
+
+
+def earlier_original(earlier: dict, model: str, forget: int, override: int) -> dict:
+    """The original's figures in an earlier result: at key ``original``, at ``parts.<model>.original`` (a bench
+    file), or in the one part whose run had this model, forgotten class and override (a file of sweeps)."""
+    if "original" in earlier:
+        return earlier["original"]
+    parts = earlier.get("parts", {})
+    if model in parts:
+        return parts[model]["original"]
+    same = [p["original"] for p in parts.values()
+            if "original" in p and (p["args"]["model"], p["args"]["forget"], p["args"]["override"]) == (model, forget, override)]
+    if not same:
+        raise SystemExit(f"no original figures for {model} forgetting {forget} -> {override} in --original-from")
+    return same[0]
 
 
 if __name__ == "__main__":
