@@ -30,12 +30,27 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient
 
     Started under ``accelerate launch`` or ``torchrun`` it joins the process group (gloo on CPU, NCCL on
     GPUs), so the same loop runs on one CPU, one GPU or many processes.
+
+    accelerate keeps one state per process and refuses a second ``Accelerator`` with another precision or device
+    (a bf16 fit, then a full-precision one). In a single process nothing else holds that state once a fit has
+    returned, so it is started again; across processes the launcher's settings stand and a clash is an error.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    from guardgen.errors import GuardgenError
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if cpu and mixed_precision == "fp16":
         mixed_precision = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
+    try:
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
+    except ValueError as err:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if "already been initialized" not in str(err) or distributed or PartialState().num_processes > 1:
+            raise GuardgenError(f"cannot switch to device={device!r}, mixed_precision={mixed_precision!r} in this "
+                                f"process: {err}") from None
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process, no process group: nothing to tear down
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
 
 

@@ -68,3 +68,16 @@ def test_machine_info_records_the_commit_of_the_source_tree(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", no_git)
     assert source_commit() is None  # git missing: no commit, and no error
+
+
+def test_make_accelerator_switches_precision_within_one_process():
+    """A bf16 fit and then a full-precision one in the same process (accelerate keeps one state per process)."""
+    first = make_accelerator("cpu", "bf16")
+    with first.autocast():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    second = make_accelerator("cpu", "no")
+    assert second.mixed_precision == "no" and second.device.type == "cpu"
+    with second.autocast():
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    assert make_accelerator("cpu", "bf16").mixed_precision == "bf16"
+    make_accelerator("cpu", "no")  # leave the process's state as the other tests expect it
