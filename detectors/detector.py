@@ -170,11 +170,7 @@ class Detector:
         y = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
         pos_weight = torch.tensor(len(real) / len(fake))
 
-        try:
-            acc = make_accelerator(self.device, self.mixed_precision)
-        except ValueError as err:  # accelerate fixes device and precision once per process
-            raise GuardgenError(f"cannot train with device={self.device!r}, mixed_precision={self.mixed_precision!r} here: "
-                                f"{str(err).splitlines()[0][:120]}; use one setting per process") from None
+        acc = make_accelerator(self.device, self.mixed_precision)
         module = self.module_
         linear = self.mode == "linear_probe"
         if linear:
