@@ -9,20 +9,16 @@ gold-standard unlearning baseline).
 
 from __future__ import annotations
 
-import copy
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from guardgen.checkpoint import load_training_state, save_json, save_training_state
+from guardgen.checkpoint import save_json
 from guardgen.data import load_mnist
-from guardgen.data.transforms import to_model_range
-from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
-from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
+from guardgen.utils import Callback, seed_everything
+from guardgen.zoo._loop import train_diffusion, write_model_card
 
 __all__ = ["DDPMConfig", "build_ddpm", "evaluate_class_conditional", "train_class_conditional"]
 
@@ -50,72 +46,15 @@ class DDPMConfig:
 
 def train_class_conditional(unet, noise_scheduler, train, config, out: Path, *, resume: bool = False,
                             callback: Callback | None = None):
-    """The zoo's eps-prediction training loop for a class-conditional ``UNet2DModel`` (label dropout to the null class 10).
+    """:func:`~guardgen.zoo._loop.train_diffusion` for a class-conditional ``UNet2DModel``: the class labels of
+    ``train`` (an ``ImageSet``), each dropped to the null class 10 with probability ``config.label_dropout``."""
 
-    ``train``: an ``ImageSet`` (N, 1, H, W) in [0, 1]; ``config`` carries steps, batch_size, lr, warmup,
-    ema_decay, label_dropout, num_train_timesteps, seed, device, mixed_precision and checkpoint_every.
-    Checkpoints (weights, EMA, optimiser) go to ``out/training_state`` so ``resume`` continues exactly.
-    Returns the EMA ``unet`` on the CPU in eval mode, the training seconds and the accelerator.
-    """
-    from diffusers.training_utils import EMAModel
-
-    acc = make_accelerator(config.device, config.mixed_precision)
-    x0_all = to_model_range(train.images)
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0, fused=fused(acc.device))
-    unet, opt = prepare(acc, unet, opt)
-    ema_module = copy.deepcopy(acc.unwrap_model(unet))  # holds the EMA weights for checkpoints
-
-    state_dir = out / "training_state"
-    step = 0
-    if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules={"unet": acc.unwrap_model(unet), "ema": ema_module}, optimizers={"opt": opt})
-        ema = EMAModel(ema_module.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-        ema.optimization_step = step
-    elif state_dir.exists() and acc.is_main_process:
-        shutil.rmtree(state_dir)
-    ema.to(acc.device)
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(acc.device)
-
-    t0 = time.perf_counter()
-    unet.train()
-    while step < config.steps:
-        idx = batch_indices(len(train), config.batch_size, step, config.seed, acc.process_index, acc.num_processes)
-        g = step_generator(config.seed, step, acc.process_index)
-        x0 = x0_all[idx].to(acc.device)
+    def condition(idx: torch.Tensor, g: torch.Generator) -> dict:
         labels = train.labels[idx].clone()
         labels[torch.rand(len(idx), generator=g) < config.label_dropout] = 10  # the null class
-        noise = torch.randn(x0.shape, generator=g).to(acc.device)
-        t = torch.randint(0, config.num_train_timesteps, (len(idx),), generator=g).to(acc.device)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, config.steps, config.lr, warmup=config.warmup)
-        with acc.autocast():
-            eps = unet(x_t, t, class_labels=labels.to(acc.device)).sample
-        loss = F.mse_loss(eps.float(), noise)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}; the last good state is in {state_dir}")
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        acc.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.step(acc.unwrap_model(unet).parameters())
-        step += 1
-        if callback is not None and acc.is_main_process:
-            callback(step, {"total": config.steps, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
-        if step % config.checkpoint_every == 0 and step < config.steps:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                ema.copy_to(ema_module.parameters())
-                save_training_state(state_dir, step=step, modules={"unet": acc.unwrap_model(unet), "ema": ema_module},
-                                    optimizers={"opt": opt})
-    train_seconds = time.perf_counter() - t0
+        return {"class_labels": labels}
 
-    acc.wait_for_everyone()
-    final = acc.unwrap_model(unet)
-    ema.copy_to(final.parameters())
-    return final.eval().cpu(), train_seconds, acc
+    return train_diffusion(unet, noise_scheduler, train.images, config, out, condition=condition, resume=resume, callback=callback)
 
 
 def build_ddpm(config: DDPMConfig, out: str | Path, *, resume: bool = False, callback: Callback | None = None,

@@ -9,20 +9,16 @@ classifier-free guidance.
 
 from __future__ import annotations
 
-import copy
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from guardgen.checkpoint import load_safetensors, load_training_state, save_json, save_safetensors, save_training_state
+from guardgen.checkpoint import load_safetensors, save_json, save_safetensors
 from guardgen.data import load_mnist
-from guardgen.data.transforms import to_model_range
-from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
-from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
+from guardgen.utils import Callback, seed_everything
+from guardgen.zoo._loop import train_diffusion, write_model_card
 
 __all__ = ["T2IConfig", "build_t2i", "digit_prompts", "WORDS"]
 
@@ -73,75 +69,27 @@ def t2i_unet(config: T2IConfig, cross_attention_dim: int = 384):
 def build_t2i(config: T2IConfig, out: str | Path, *, resume: bool = False, callback: Callback | None = None, oracle=None) -> dict:
     """Train the text-conditional model and save it as a pipeline folder at ``out``; returns its metrics."""
     from diffusers import DDIMScheduler, DDPMScheduler
-    from diffusers.training_utils import EMAModel
 
     from guardgen.models.diffusion import save_pipeline
     from guardgen.models.pipelines import TextConditionalPipeline
 
     out = Path(out)
-    acc = make_accelerator(config.device, config.mixed_precision)
     seed_everything(config.seed)
     train = load_mnist("train", config.resolution, exclude=config.exclude)
-    x0_all = to_model_range(train.images)
     prompts, heldout = digit_prompts(), digit_prompts(HELDOUT_TEMPLATES)
     table, null = prompt_table(prompts, config.embeddings_file)
     unet = t2i_unet(config)
     noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0, fused=fused(acc.device))
-    unet, opt = prepare(acc, unet, opt)
-    ema_module = copy.deepcopy(acc.unwrap_model(unet))
 
-    state_dir = out / "training_state"
-    step = 0
-    if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules={"unet": acc.unwrap_model(unet), "ema": ema_module}, optimizers={"opt": opt})
-        ema = EMAModel(ema_module.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-        ema.optimization_step = step
-    elif state_dir.exists() and acc.is_main_process:
-        shutil.rmtree(state_dir)
-    ema.to(acc.device)
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(acc.device)
-
-    t0 = time.perf_counter()
-    unet.train()
-    while step < config.steps:
-        idx = batch_indices(len(train), config.batch_size, step, config.seed, acc.process_index, acc.num_processes)
-        g = step_generator(config.seed, step, acc.process_index)
-        x0 = x0_all[idx].to(acc.device)
+    def condition(idx: torch.Tensor, g: torch.Generator) -> dict:
+        """A random training phrasing of each image's digit, dropped to the empty prompt with prob. prompt_dropout."""
         phrasing = torch.randint(0, table.shape[1], (len(idx),), generator=g)
         emb = table[train.labels[idx], phrasing]  # (B, 1, 384)
         emb[torch.rand(len(idx), generator=g) < config.prompt_dropout] = null
-        noise = torch.randn(x0.shape, generator=g).to(acc.device)
-        t = torch.randint(0, config.num_train_timesteps, (len(idx),), generator=g).to(acc.device)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, config.steps, config.lr, warmup=config.warmup)
-        with acc.autocast():
-            eps = unet(x_t, t, encoder_hidden_states=emb.to(acc.device)).sample
-        loss = F.mse_loss(eps.float(), noise)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}; the last good state is in {state_dir}")
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        acc.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.step(acc.unwrap_model(unet).parameters())
-        step += 1
-        if callback is not None and acc.is_main_process:
-            callback(step, {"total": config.steps, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
-        if step % config.checkpoint_every == 0 and step < config.steps:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                ema.copy_to(ema_module.parameters())
-                save_training_state(state_dir, step=step, modules={"unet": acc.unwrap_model(unet), "ema": ema_module}, optimizers={"opt": opt})
-    train_seconds = time.perf_counter() - t0
+        return {"encoder_hidden_states": emb}
 
-    acc.wait_for_everyone()
-    final = acc.unwrap_model(unet)
-    ema.copy_to(final.parameters())
-    final.eval().cpu()
+    final, train_seconds, acc = train_diffusion(unet, noise_scheduler, train.images, config, out, condition=condition,
+                                                resume=resume, callback=callback)
     # clip_sample=False, as for mnist-ddpm (guardgen/zoo/ddpm.py): guided DDIM sampling needs it
     sampler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False)
     pipe = TextConditionalPipeline(unet=final, scheduler=sampler, prompts={str(k): v for k, v in prompts.items()},
