@@ -138,3 +138,29 @@ def test_shipped_diffusion_models_sample_the_asked_digit_under_guidance(name, co
     assert pipe.scheduler.config.clip_sample is False
     images = sample_images(pipe, [condition] * 16, num_inference_steps=20, guidance_scale=2.0, seed=0)
     assert (predict_logits(oracle, images).argmax(1) == 1).float().mean().item() >= 0.9
+
+
+def test_interrupted_t2i_build_resumes_to_the_same_unet(tmp_path):
+    """The diffusion models' shared loop (guardgen.zoo._loop.train_diffusion): an interrupted text-model build resumed
+    from its last checkpoint ends on the weights of a straight build (its phrasing and prompt-dropout draws included)."""
+    from guardgen.checkpoint import load_safetensors
+    from guardgen.zoo.t2i import T2IConfig, build_t2i
+
+    kw = dict(steps=7, batch_size=8, block_out_channels=(8, 16), device="cpu", eval_samples_per_class=0, checkpoint_every=3,
+              embeddings_file=str(zoo.zoo_path("mnist-t2i") / "prompt_embeddings.safetensors"))
+    build_t2i(T2IConfig(**kw), tmp_path / "straight")
+
+    def stop_at_5(step, logs):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        build_t2i(T2IConfig(**kw), out, callback=stop_at_5)
+    build_t2i(T2IConfig(**kw), out, resume=True)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    w1, w2 = load_safetensors(tmp_path / "straight" / unet), load_safetensors(out / unet)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+    build_t2i(T2IConfig(**{**kw, "seed": 1}), tmp_path / "other")
+    other = load_safetensors(tmp_path / "other" / unet)
+    assert not all(torch.allclose(w1[k], other[k], atol=1e-6) for k in w1)  # the check can tell builds apart
