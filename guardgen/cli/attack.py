@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, err_console, guarded, parse_sets, progress_callback, results_table
+from guardgen.registry import configure
 
 __all__ = ["app"]
 
@@ -57,11 +58,7 @@ def classifier_method(name: str, params: dict):
     if name not in names:
         raise GuardgenError(f"unknown classifier unlearning method {name!r}; choose one of: {', '.join(names)}")
     cls = UNLEARN.get(name)
-    known = {k for k in cls.__dataclass_fields__ if not k.endswith("_")}
-    unknown = set(params) - known
-    if unknown:
-        raise GuardgenError(f"{name}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    return cls(**params)
+    return configure(cls, params, name=name)
 
 
 @app.command("worst-case-forget")

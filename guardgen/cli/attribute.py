@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.registry import configure
 
 __all__ = ["app"]
 
@@ -90,14 +91,10 @@ def fit(
     """Train closed-set attribution on the seen sources (and discover in --unlabeled if given)."""
     from detectors.attribution import OpenWorldAttribution
     from guardgen.data import load_image_folder
-    from guardgen.errors import GuardgenError
 
     params = {"seed": seed, "device": device, **parse_sets(set_)}
-    known = {k for k in OpenWorldAttribution.__dataclass_fields__ if not k.endswith("_")}
-    if set(params) - known:
-        raise GuardgenError(f"unknown setting(s) {', '.join(sorted(set(params) - known))}; known: {', '.join(sorted(known))}")
+    model = configure(OpenWorldAttribution, params)
     images, labels, names = _load_sources(data, source, per_source, seed, "train", resolution)
-    model = OpenWorldAttribution(**params)
     console.print(f"training attribution on {len(names)} sources ({len(images)} images): {', '.join(names)}")
     with _progress("closed-set training") as cb:
         model.fit(images, labels, names, callback=cb)

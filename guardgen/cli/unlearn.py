@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.registry import configure
 
 __all__ = ["app"]
 
@@ -91,11 +92,7 @@ def concept(
     if method == "sfd" and "teacher_guidance" not in params:
         meta = ref.path / "guardgen.json"
         params["teacher_guidance"] = json.loads(meta.read_text()).get("sampling", {}).get("guidance_scale", 1.0) if meta.is_file() else 1.0
-    known = set(cls.__dataclass_fields__)
-    unknown = set(params) - known
-    if unknown:
-        raise GuardgenError(f"{method}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(k for k in known if not k.endswith('_')))}")
-    runner = cls(**params)
+    runner = configure(cls, params, name=method)
     console.print(f"unlearning {plan['forget']} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
     keys = ("loss_gen", "loss_fake", "loss", "loss_forget")
     with progress_callback(f"{method}", keys=keys) as callback:
@@ -153,13 +150,9 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
     params = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(sets)}
     if iterations is not None:
         params["unlearn_iterations"] = iterations
-    known = {k for k in cls.__dataclass_fields__ if not k.endswith("_")}
-    unknown = set(params) - known
-    if unknown:
-        raise GuardgenError(f"{method}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     generator, discriminator = load_model(model, kind="gan", device=model_device(device))
     judge = load_model(oracle, kind="classifier")
-    runner = cls(**params)
+    runner = configure(cls, params, name=method)
     console.print(f"unlearning class(es) {classes} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
     with progress_callback(method, keys=("loss_d", "loss_g", "reg")) as callback:
         runner.fit((generator, discriminator), forget=classes, classifier=judge, callback=callback)

@@ -23,6 +23,7 @@ from guardgen.checkpoint import atomic_dir, load_json, load_safetensors, save_js
 from guardgen.copyright.sharding import ShardPlan, check_shards
 from guardgen.data import ImageSet
 from guardgen.errors import GuardgenError
+from guardgen.registry import configure
 
 __all__ = ["Shards", "save_shards", "load_shards", "train_shard_models"]
 
@@ -88,8 +89,6 @@ def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | No
     ``config`` sets ``DDPMConfig`` fields (steps, block_out_channels, ...); ``which`` picks models
     (default: full and every shard). ``callback(step, logs)`` gets ``logs["model"]``. Returns metrics per model.
     """
-    from dataclasses import fields
-
     from guardgen.zoo.ddpm import DDPMConfig, build_ddpm
 
     names = ["full"] + [f"shard-{i}" for i in range(shards.plan.n_shards)]
@@ -97,15 +96,12 @@ def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | No
     unknown = set(which) - set(names)
     if unknown:
         raise GuardgenError(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(names)}")
-    known = {f.name for f in fields(DDPMConfig)}
-    if set(config) - known:
-        raise GuardgenError(f"unknown setting(s) {', '.join(sorted(set(config) - known))}; known: {', '.join(sorted(known))}")
     labels = shards.data.labels
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise GuardgenError(f"labels {int(labels.min())}..{int(labels.max())}: the zoo's class-conditional DDPM takes "
                             "classes 0..9; relabel the data")
     resolution = shards.data.images.shape[-1]
-    cfg = DDPMConfig(**{"eval_samples_per_class": 0, **config, "resolution": resolution})
+    cfg = configure(DDPMConfig, {"eval_samples_per_class": 0, **config, "resolution": resolution})
     metrics = {}
     for name in which:
         data = shards.data if name == "full" else shards.shard(int(name.split("-")[1]))

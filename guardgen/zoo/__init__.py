@@ -7,10 +7,11 @@ shipped inside the package (``guardgen/zoo/weights/NAME``). ``build(NAME, out)``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from guardgen.errors import GuardgenError
+from guardgen.registry import configure
 
 __all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_path", "shipped_path", "user_zoo_dir", "build", "config_class"]
 
@@ -103,11 +104,7 @@ def build(name: str, out: str | Path, *, resume: bool = False, callback=None, **
     entry = _entry(name)
     module = importlib.import_module(entry.module)
     cfg_cls = getattr(module, entry.config)
-    known = {f.name for f in fields(cfg_cls)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise GuardgenError(f"{name}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    config = cfg_cls(**overrides)
+    config = configure(cfg_cls, overrides, name=name)
     kwargs = {}
     if "mnist-oracle" in entry.needs:
         from guardgen.models.classifier import load_classifier

@@ -54,6 +54,8 @@ def test_sfd_without_override_maps_to_random_retained_classes(tmp_path, tiny_cla
     (("--forget", 7, "--override", 7), "equals the forgotten concept"),
     (("--forget", 7, "--method", "nope"), "unknown unlearning method 'nope'; choose one of:"),
     (("--forget", 7, "--override", 1, "--set", "bogus=1"), "unknown setting(s) bogus"),
+    (("--forget", 7, "--override", 1, "--set", "alpha=abc"), "setting alpha='abc': expected a number"),
+    (("--forget", 7, "--override", 1, "--set", "batch_size=2.5"), "setting batch_size=2.5: expected a whole number"),
 ])
 def test_bad_input(tmp_path, args, message):
     result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", *args, "--out", tmp_path / "r", "--iterations", 1)
