@@ -371,7 +371,11 @@ def _create_backbone(name: str, model_args: dict, input_size: int, in_chans: int
     try:
         return create_classifier(name, img_size=input_size, **args)  # ViTs and other fixed-size models
     except TypeError:
+        pass
+    try:
         return create_classifier(name, **args)
+    except TypeError as err:  # a --model-arg the backbone does not take
+        raise GuardgenError(f"backbone {name!r} does not take model args {sorted(model_args or {})}: {err}") from None
 
 
 def _check_runs_at(net: nn.Module, name: str, size: int, in_chans: int) -> None:

@@ -28,7 +28,8 @@ class DigitNet(nn.Module):
     The input is normalised inside the model (mean 0.5, std 0.5), so callers always pass [0, 1] images.
     """
 
-    def __init__(self, *, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.2, **_):
+    def __init__(self, *, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.2,
+                 img_size: int | None = None):  # img_size: taken for timm's fixed-size callers; any size runs
         super().__init__()
         self.num_classes = num_classes
         self.num_features = 4 * width
@@ -67,8 +68,8 @@ def _register() -> None:
 
     @register_model
     def guardgen_digitnet(pretrained: bool = False, **kwargs) -> DigitNet:  # noqa: ARG001
-        kwargs.pop("pretrained_cfg", None)
-        kwargs.pop("pretrained_cfg_overlay", None)
+        for factory_arg in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's, not the net's
+            kwargs.pop(factory_arg, None)
         return DigitNet(**kwargs)
 
 

@@ -149,3 +149,10 @@ def test_blur_jpeg_augmentation():
         tiny(augment=0.5, mode="linear_probe").fit(real, fake)
     with pytest.raises(GuardgenError, match="blur_sigma"):
         tiny(augment=0.5, blur_sigma=(2.0, 1.0)).fit(real, fake)
+
+
+@pytest.mark.parametrize("backbone", ["guardgen_digitnet", "test_resnet"])
+def test_a_model_arg_the_backbone_does_not_take_is_one_line(backbone):
+    real, fake = planted(8, 0)
+    with pytest.raises(GuardgenError, match=f"backbone '{backbone}' does not take model args \\['bogus'\\]"):
+        Detector(backbone=backbone, model_args={"bogus": 1}, epochs=1, batch_size=8, device="cpu").fit(real, fake)
