@@ -46,8 +46,10 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient
     try:
         return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
     except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if "already been initialized" not in str(err) or distributed or PartialState().num_processes > 1:
+        if distributed or PartialState().num_processes > 1:
             raise GuardgenError(f"cannot switch to device={device!r}, mixed_precision={mixed_precision!r} in this "
                                 f"process: {err}") from None
     AcceleratorState._reset_state(reset_partial_state=True)  # one process, no process group: nothing to tear down
