@@ -42,6 +42,7 @@ from attacks import ATTACKS
 from attacks.latent_guidance import AttributeGuide, detector_scores, detector_views, parse_attribute  # noqa: F401
 from attacks.latent_spaces import LatentSpace, latent_space, parse_layers
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback
 
 __all__ = ["LatentEvasion", "LatentEvasionResult", "detector_views", "detector_scores", "parse_attribute"]
@@ -96,28 +97,25 @@ class LatentEvasion:
     """``attack(generator, detectors, n, classifier=..., target=... | reference=...) -> LatentEvasionResult``."""
 
     mode: str = "single"  # "single" | "ensemble" | "meta"
-    steps: int = 60  # Adam steps on the codes (the attack budget)
-    lr: float = 0.05
-    detector_weight: float = 1.0
-    attribute_weight: float = 1.0
-    reg_weight: float = 1.0  # weight of the mean squared code change ||c - c0||^2 / dim
-    inner_lr: float = 0.02  # meta: size of the virtual step (rms-normalised gradient), under one Adam step (lr)
+    steps: NonNegInt = 60  # Adam steps on the codes (the attack budget)
+    lr: PositiveFloat = 0.05
+    detector_weight: NonNegFloat = 1.0
+    attribute_weight: NonNegFloat = 1.0
+    reg_weight: NonNegFloat = 1.0  # weight of the mean squared code change ||c - c0||^2 / dim
+    inner_lr: NonNegFloat = 0.02  # meta: size of the virtual step (rms-normalised gradient), under one Adam step (lr)
     first_order: bool = False  # meta: drop second-order terms of the virtual step
-    candidates: int = 32  # start: best of k random codes for the attribute / reference
-    restarts: int = 2  # images that end a run without fooling every detector with the attribute start again (fresh codes)
+    candidates: PositiveInt = 32  # start: best of k random codes for the attribute / reference
+    restarts: NonNegInt = 2  # images that end a run without fooling every detector with the attribute start again (fresh codes)
     layers: str = ""  # layer mask over W+ rows ("0-3", "coarse", ...; "": all)
-    threshold: float = 0.5  # success: p_fake < threshold under a detector
+    threshold: OpenUnitFloat = 0.5  # success: p_fake < threshold under a detector
     early_stop: bool = False  # stop a batch once every image fools every attacked detector with its attribute
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
     seed: int = 0
 
     def _validate_params(self) -> None:
         if self.mode not in MODES:
             raise GuardgenError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
-        if (self.steps < 0 or self.lr <= 0 or self.candidates < 1 or self.batch_size < 1 or self.restarts < 0
-                or not 0 < self.threshold < 1):
-            raise GuardgenError("latent_evasion: steps >= 0, lr > 0, candidates >= 1, batch_size >= 1, restarts >= 0, "
-                                "0 < threshold < 1 are needed")
+        check_settings(self, name="latent_evasion")
 
     def attack(self, generator, detectors, n: int, *, classifier: nn.Module | None = None, target=None,
                reference: torch.Tensor | None = None, classifier_size: int | None = None, names: list[str] | None = None,

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from attacks import ATTACKS
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback
 
 __all__ = ["OnManifoldAttack", "OnManifoldResult", "latent_sampler"]
@@ -111,19 +112,18 @@ def latent_sampler(pipe, num_inference_steps: int, *, guidance_scale: float = 1.
 class OnManifoldAttack:
     """``attack(pipe, detector, conditions) -> OnManifoldResult``; ``detector`` maps [0, 1] images to (B,) fake logits."""
 
-    steps: int = 30  # Adam steps on z_T (the attack budget)
-    lr: float = 0.05
-    num_inference_steps: int = 10  # DDIM steps of the differentiable sampler
-    guidance_scale: float = 1.0
-    threshold: float = 0.5  # success: p_fake < threshold
+    steps: NonNegInt = 30  # Adam steps on z_T (the attack budget)
+    lr: PositiveFloat = 0.05
+    num_inference_steps: PositiveInt = 10  # DDIM steps of the differentiable sampler
+    guidance_scale: NonNegFloat = 1.0
+    threshold: OpenUnitFloat = 0.5  # success: p_fake < threshold
     renormalize: bool = True  # keep ||z_T|| = sqrt(d) after every step
     checkpointing: bool = True
-    batch_size: int = 32
+    batch_size: PositiveInt = 32
     seed: int = 0
 
     def _validate_params(self) -> None:
-        if self.steps < 0 or self.lr <= 0 or self.num_inference_steps < 1 or not 0 < self.threshold < 1:
-            raise GuardgenError("on_manifold: steps >= 0, lr > 0, num_inference_steps >= 1 and 0 < threshold < 1 are needed")
+        check_settings(self, name="on_manifold")
 
     def attack(self, pipe, detector: nn.Module, conditions: Sequence, *, latents: torch.Tensor | None = None,
                callback: Callback | None = None) -> OnManifoldResult:

@@ -42,6 +42,7 @@ from torch import nn
 
 from attacks import ATTACKS
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, make_accelerator
 
 __all__ = ["WorstCaseForget", "project_capped_simplex"]
@@ -83,14 +84,14 @@ class WorstCaseForget:
     size: int  # m: samples (mode "data") or classes (mode "class") in the forget set
     mode: str = "data"  # "data" | "class"
     reverse: bool = False  # True: the easiest set to forget
-    iterations: int = 10  # upper-level steps
-    inner_steps: int | None = None  # lower-level sign-SGD steps per upper step, from the original each time (None: one pass)
-    theta_lr: float = 1e-4  # sign steps move every weight by this much: 1e-3 over a pass wrecks a small model (GA loss 5-8)
-    w_lr: float = 0.01
-    gamma: float = 0.0
-    harden_every: int = 0  # also harden w to the top m every k iterations (0: only at the end)
-    batch_size: int = 256
-    eval_per_class: int = 32  # diffusion: images per class for the upper-level denoising loss
+    iterations: PositiveInt = 10  # upper-level steps
+    inner_steps: NonNegInt | None = None  # lower-level sign-SGD steps per upper step, from the original each time (None: one pass)
+    theta_lr: PositiveFloat = 1e-4  # sign steps move every weight by this much: 1e-3 over a pass wrecks a small model (GA loss 5-8)
+    w_lr: PositiveFloat = 0.01
+    gamma: NonNegFloat = 0.0
+    harden_every: NonNegInt = 0  # also harden w to the top m every k iterations (0: only at the end)
+    batch_size: PositiveInt = 256
+    eval_per_class: PositiveInt = 32  # diffusion: images per class for the upper-level denoising loss
     upper_signal: str = "loss"  # "loss" (the paper's); classifiers: "gap" (vs a held-out reference); diffusion: "ratio"
     reference_folds: int = 2  # upper_signal="gap": reference models, each holding out one fold of the selection units
     seed: int = 0
@@ -141,6 +142,7 @@ class WorstCaseForget:
         ``sample_signal_`` (the per-sample upper-level signal: ``losses_``, or ``-|losses_ - reference_losses_|``)
         and, with ``upper_signal="gap"``, ``reference_losses_``.
         """
+        check_settings(self)
         if hasattr(data, "images"):
             data = (data.images, data.labels)
         x, y = torch.as_tensor(data[0]).float(), torch.as_tensor(data[1]).long()
@@ -232,6 +234,7 @@ class WorstCaseForget:
         mostly ranks how hard a class is to denoise at all, e.g. the simple digit 1 lowest).
         Sets ``indices_`` (the selected conditions), ``weights_``, ``losses_`` (per condition) and ``conditions_``.
         """
+        check_settings(self)
         from guardgen.models.conditioning import conditioning_for
 
         if self.mode != "class":

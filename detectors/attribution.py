@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,7 @@ import torch.nn.functional as F
 from detectors import DETECTORS
 from detectors.attribution_parts import AttributionNet, WTAHash, discovery_metrics, merge_clusters
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Range, SubUnitFloat, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["OpenWorldAttribution", "AttributionNet", "WTAHash", "merge_clusters", "discovery_metrics", "OOD_SCORERS"]
@@ -87,35 +89,35 @@ UNKNOWN = -1
 @dataclass(kw_only=True)
 class OpenWorldAttribution:
     backbone: str = "cnn"
-    width: int = 16
-    embed_dim: int = 64
-    dropout: float = 0.2
+    width: PositiveInt = 16
+    embed_dim: PositiveInt = 64
+    dropout: SubUnitFloat = 0.2
     highpass: bool = False  # also feed the network the image minus its 3x3 local mean
-    epochs: int = 12  # first round (paper: 50)
-    later_epochs: int = 6  # later rounds, warm-started (paper: 100)
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: PositiveInt = 12  # first round (paper: 50)
+    later_epochs: PositiveInt = 6  # later rounds, warm-started (paper: 100)
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3
     lr_schedule: str = "cosine"  # "cosine" (to 0 over each round's epochs) | "constant"
-    weight_decay: float = 1e-4
+    weight_decay: NonNegFloat = 1e-4
     class_weighted: bool = True
-    calibration_split: float = 0.2  # held out of the labelled images for OOD thresholds (0: the training set)
+    calibration_split: SubUnitFloat = 0.2  # held out of the labelled images for OOD thresholds (0: the training set)
     ood: str = "pu"  # "pu" | "wta" (the paper's) | "msp" | "energy" | "knn"
-    wta_permutations: int = 2048
-    wta_k: int = 2
-    wta_quantile: float = 0.9
-    score_quantile: float = 0.05  # msp / energy / knn: reject below this quantile of the class's calibration scores
-    knn_k: int = 10  # knn: the k-th nearest reference image of the predicted class
-    pu_threshold: float = 0.5  # pu: reject pool images whose cross-fitted p(pool) is at least this
-    pu_folds: int = 5
-    pu_c: float = 0.03  # pu: inverse L2 strength of the pool regression
-    pu_iterations: int = 3  # pu: cross-fitted self-training passes over the cluster members each round
-    n_clusters: int = 12  # k of k-means (paper: 500)
+    wta_permutations: PositiveInt = 2048
+    wta_k: PositiveInt = 2
+    wta_quantile: UnitFloat = 0.9
+    score_quantile: UnitFloat = 0.05  # msp / energy / knn: reject below this quantile of the class's calibration scores
+    knn_k: PositiveInt = 10  # knn: the k-th nearest reference image of the predicted class
+    pu_threshold: UnitFloat = 0.5  # pu: reject pool images whose cross-fitted p(pool) is at least this
+    pu_folds: Annotated[int, Range(2)] = 5
+    pu_c: PositiveFloat = 0.03  # pu: inverse L2 strength of the pool regression
+    pu_iterations: PositiveInt = 3  # pu: cross-fitted self-training passes over the cluster members each round
+    n_clusters: PositiveInt = 12  # k of k-means (paper: 500)
     merge: str = "strong"  # "strong" | "weak" connected components of the 1-NN centroid graph
-    svm_min_fraction: float = 0.5
-    svm_min_members: int = 20
-    svm_c: float = 1.0
-    rounds: int = 3
-    max_reference: int = 400  # reference codes per class kept for WTA thresholds
+    svm_min_fraction: UnitFloat = 0.5
+    svm_min_members: NonNegInt = 20
+    svm_c: PositiveFloat = 1.0
+    rounds: PositiveInt = 3
+    max_reference: PositiveInt = 400  # reference codes per class kept for WTA thresholds
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -127,6 +129,7 @@ class OpenWorldAttribution:
             unlabeled: torch.Tensor | None = None, callback: Callback | None = None) -> "OpenWorldAttribution":
         """Train on labelled sources: images (N, C, H, W) in [0, 1], labels (N,) in 0..S-1; then discover in
         ``unlabeled`` if given."""
+        check_settings(self)
         self._check_settings()
         images, labels = _check_images(images), torch.as_tensor(labels).long().flatten()
         if len(images) != len(labels):

@@ -24,6 +24,7 @@ from torch import nn
 from detectors import DETECTORS
 from detectors.evaluate import perturb
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["Detector", "DetectorModule"]
@@ -85,24 +86,24 @@ class Detector:
     mode: str = "finetune"  # "finetune" | "linear_probe" (frozen backbone, linear head)
     model_args: dict = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. patch_size, width)
     pretrained_file: str = ""  # local .safetensors backbone weights (nothing is downloaded)
-    input_size: int = 0  # 0: the training images' size
-    in_chans: int = 0  # 0: the training images' channels
+    input_size: NonNegInt = 0  # 0: the training images' size
+    in_chans: NonNegInt = 0  # 0: the training images' channels
     resize: str = "bilinear"
     crop: str = "none"  # "none" | "center"
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    epochs: NonNegInt = 5
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegFloat = 1e-4
     lr_schedule: str = "cosine"  # "cosine" (decay to 0 over the run, per step) | "constant"
     # training augmentation as CNNDetection (Wang et al., CVPR 2020): each image is blurred with probability
     # ``augment`` (sigma uniform in ``blur_sigma``, px) and, independently, JPEG re-encoded (quality uniform in
     # ``jpeg_quality``); 0 = off. Wang et al. use 0.1 and 0.5 with sigma 0-3 at 256 px; scale sigma to the image size.
-    augment: float = 0.0
+    augment: UnitFloat = 0.0
     blur_sigma: tuple[float, float] = (0.0, 3.0)
     jpeg_quality: tuple[int, int] = (30, 100)
-    threshold: float = 0.5  # p_fake above it -> fake
+    threshold: OpenUnitFloat = 0.5  # p_fake above it -> fake
     warm_start: bool = False  # fit() continues from the current weights (used by OMAT)
     seed: int = 0
     device: str = "auto"
@@ -111,6 +112,7 @@ class Detector:
     # ------------------------------------------------------------------ build
 
     def _validate_params(self) -> None:
+        check_settings(self, name="detector")
         if self.mode not in MODES:
             raise GuardgenError(f"unknown detector mode {self.mode!r}; use finetune or linear_probe")
         if self.resize not in RESIZES:
@@ -119,10 +121,6 @@ class Detector:
             raise GuardgenError(f"unknown crop {self.crop!r}; use none or center")
         if self.lr_schedule not in ("cosine", "constant"):
             raise GuardgenError(f"unknown lr_schedule {self.lr_schedule!r}; use cosine or constant")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise GuardgenError("epochs >= 0, batch_size >= 1 and lr > 0 are needed")
-        if not 0 <= self.augment <= 1:
-            raise GuardgenError(f"augment is a probability in [0, 1], got {self.augment}")
         if self.augment and self.mode == "linear_probe":
             raise GuardgenError("augment needs mode finetune (the linear probe trains on features computed once)")
         if len(self.blur_sigma) != 2 or len(self.jpeg_quality) != 2:

@@ -33,6 +33,7 @@ from attacks.on_manifold import OnManifoldAttack
 from detectors import DETECTORS
 from detectors.detector import Detector
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveInt, check_settings
 from guardgen.utils import Callback
 
 __all__ = ["OMAT", "generator_conditions"]
@@ -59,20 +60,19 @@ class OMAT:
     detector: dict = field(default_factory=dict)  # Detector hyperparameters (backbone, mode, epochs of the base, ...)
     attack: dict = field(default_factory=dict)  # OnManifoldAttack hyperparameters used to build the pool
     latent_attack: dict = field(default_factory=dict)  # LatentEvasion hyperparameters for the GANs passed to fit
-    epochs: int = 6  # adversarial-training epochs (after the base detector)
-    pool_size: int = 128  # offline pool, attacked against the base detector
-    refresh_every: int = 2  # epochs between pool refreshes against the current detector (0: offline only)
-    refresh_size: int = 32
+    epochs: NonNegInt = 6  # adversarial-training epochs (after the base detector)
+    pool_size: NonNegInt = 128  # offline pool, attacked against the base detector
+    refresh_every: NonNegInt = 2  # epochs between pool refreshes against the current detector (0: offline only)
+    refresh_size: NonNegInt = 32
     keep: str = "all"  # "all" attacked images join the pool, or only the "success"ful ones
-    pool_repeat: int = 1  # how many times the pool is repeated in the fake class (up-weighting)
-    lr: float = 0.0  # learning rate of the adversarial rounds (0: a quarter of the detector's, a fine-tuning rate)
+    pool_repeat: PositiveInt = 1  # how many times the pool is repeated in the fake class (up-weighting)
+    lr: NonNegFloat = 0.0  # learning rate of the adversarial rounds (0: a quarter of the detector's, a fine-tuning rate)
     seed: int = 0
 
     def _validate_params(self) -> None:
+        check_settings(self, name="omat")
         if self.keep not in ("all", "success"):
             raise GuardgenError(f"omat: keep must be all or success, got {self.keep!r}")
-        if self.pool_size < 0 or self.refresh_size < 0 or self.epochs < 0 or self.refresh_every < 0 or self.pool_repeat < 1:
-            raise GuardgenError("omat: pool_size, refresh_size, epochs, refresh_every >= 0 and pool_repeat >= 1 are needed")
 
     def _attack(self, sources: list, detector: Detector, n: int, seed: int, callback, stage: str):
         """``n`` adversarial fakes against ``detector``, split evenly over ``sources`` [("pipe" | "gan i", model)]."""

@@ -10,15 +10,53 @@ True
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from typing import Callable, TypeVar
+from typing import Annotated, Callable, TypeVar
 
 from guardgen.errors import GuardgenError
 
-__all__ = ["Registry", "configure"]
+__all__ = ["Registry", "configure", "check_settings", "Range", "PositiveInt", "NonNegInt", "PositiveFloat",
+           "NonNegFloat", "UnitFloat", "OpenUnitFloat", "SubUnitFloat"]
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take, ``low <= x <= high`` (``<`` where open), attached to a field's type
+    with ``typing.Annotated`` (as scikit-learn's ``Interval`` constraints) and checked by :func:`configure`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+PositiveInt = Annotated[int, Range(1)]  # counts: iterations, epochs, batch sizes, sampler steps
+NonNegInt = Annotated[int, Range(0)]  # counts where 0 means "none" or "off"
+PositiveFloat = Annotated[float, Range(0, low_open=True)]  # learning rates, clipping thresholds
+NonNegFloat = Annotated[float, Range(0)]  # loss weights, guidance strengths
+UnitFloat = Annotated[float, Range(0, 1)]  # shares, probabilities, decays
+OpenUnitFloat = Annotated[float, Range(0, 1, low_open=True, high_open=True)]  # decision thresholds on a probability
+SubUnitFloat = Annotated[float, Range(0, 1, high_open=True)]  # momentum, dropout, label smoothing, held-out splits
+
+
+class _OutOfRange(ValueError):
+    pass
 
 
 class Registry:
@@ -61,9 +99,10 @@ class Registry:
 
 def configure(cls: type[T], settings: dict, *, name: str = "") -> T:
     """``cls(**settings)`` for a dataclass of settings, each checked against its field first: an unknown key, or a
-    value of the wrong type (``--set alpha=abc``), is a one-line :class:`GuardgenError`. Whole numbers are taken
-    for float fields, numbers for text fields and lists for tuple fields. Fields ending in ``_`` are not settings."""
-    hints = typing.get_type_hints(cls)
+    value of the wrong type (``--set alpha=abc``) or outside its field's :class:`Range` (``--set batch_size=0``), is a
+    one-line :class:`GuardgenError`. Whole numbers are taken for float fields, numbers for text fields and lists for
+    tuple fields. Fields ending in ``_`` are not settings."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     known = {f.name for f in dataclasses.fields(cls) if f.init and not f.name.endswith("_")}
     unknown = set(settings) - known
     prefix = f"{name}: " if name else ""
@@ -73,9 +112,37 @@ def configure(cls: type[T], settings: dict, *, name: str = "") -> T:
     for key, value in settings.items():
         try:
             checked[key] = _coerce(value, hints.get(key, typing.Any))
+        except _OutOfRange as err:
+            raise GuardgenError(f"{prefix}setting {key}={value!r}: must be {err}") from None
         except (TypeError, ValueError):
             raise GuardgenError(f"{prefix}setting {key}={value!r}: expected {_type_name(hints[key])}") from None
     return cls(**checked)
+
+
+def check_settings(obj, *, name: str = "") -> None:
+    """Check every setting of a dataclass instance against its field's :class:`Range` (for objects built directly,
+    not through :func:`configure`; a method's ``fit`` calls it); a value out of range is a one-line :class:`GuardgenError`
+    that starts with ``name`` (the class's name by default)."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        if f.init and not f.name.endswith("_"):
+            try:
+                _check_ranges(getattr(obj, f.name), hints.get(f.name, typing.Any))
+            except _OutOfRange as err:
+                raise GuardgenError(f"{name or type(obj).__name__}: setting {f.name}={getattr(obj, f.name)!r}: "
+                                    f"must be {err}") from None
+
+
+def _check_ranges(value, hint) -> None:
+    """Raise _OutOfRange if ``value`` lies outside a Range of ``hint`` (looking inside X | None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        for bound in (m for m in args[1:] if isinstance(m, Range)):
+            if value not in bound:
+                raise _OutOfRange(str(bound))
+    elif origin in (typing.Union, types.UnionType) and value is not None:
+        for arg in (a for a in args if typing.get_origin(a) is Annotated):
+            _check_ranges(value, arg)
 
 
 def _coerce(value, hint):
@@ -83,12 +150,18 @@ def _coerce(value, hint):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is typing.Any or (origin is None and not isinstance(hint, type)):
         return value
+    if origin is Annotated:
+        value = _coerce(value, args[0])
+        _check_ranges(value, hint)
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg)
+            except _OutOfRange:
+                raise
             except (TypeError, ValueError):
                 continue
         raise TypeError(value)
@@ -126,6 +199,11 @@ def _coerce(value, hint):
 
 
 def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _type_name(typing.get_args(hint)[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
     if hint in names:
         return names[hint]

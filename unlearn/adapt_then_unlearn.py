@@ -47,13 +47,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
@@ -270,17 +271,18 @@ def _state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclass(kw_only=True)
 class _GANUnlearnBase:
-    num_samples: int = 5000  # samples drawn from the pretrained generator and labelled by the classifier
-    min_negatives: int = 8  # fewer samples with the feature than this: the classifier "never finds" it
-    unlearn_iterations: int = 2000  # the paper: 3,000 on MNIST
-    batch_size: int = 64
-    lr_g: float = 5e-4
-    lr_d: float = 5e-4
+    target: ClassVar[str] = "gan"  # the kind of model it unlearns (`guardgen unlearn methods`)
+    num_samples: PositiveInt = 5000  # samples drawn from the pretrained generator and labelled by the classifier
+    min_negatives: NonNegInt = 8  # fewer samples with the feature than this: the classifier "never finds" it
+    unlearn_iterations: PositiveInt = 2000  # the paper: 3,000 on MNIST
+    batch_size: PositiveInt = 64
+    lr_g: PositiveFloat = 5e-4
+    lr_d: PositiveFloat = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
     loss: str = "ns"  # "ns" or "hinge"
     threshold: float = 0.0  # for classifiers returning one score per image (paper: logit >= 0)
-    feature_min_prob: float = 0.0  # class classifiers: also p(forgotten) >= this shows the feature (0: argmax only)
-    latent_dim: int = 0  # 0: read generator.latent_dim
+    feature_min_prob: UnitFloat = 0.0  # class classifiers: also p(forgotten) >= this shows the feature (0: argmax only)
+    latent_dim: NonNegInt = 0  # 0: read generator.latent_dim
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -403,17 +405,17 @@ class AdaptThenUnlearn(_GANUnlearnBase):
     """Defaults sized for the zoo's 16x16 GANs on a CPU (bench/gan.py): 200 adaptation and 500 unlearning
     iterations at batch 64, lr 5e-4, NL2 repulsion (the README's MNIST choice) with gamma 1e-3 on the auto-scaled distance."""
 
-    adapt_iterations: int = 200
-    ewc_lambda: float = 1.0  # on the mean-1 Fisher (fisher_normalize); the paper's 5e8 is on a raw StyleGAN2 Fisher
-    fisher_samples: int = 32
+    adapt_iterations: PositiveInt = 200
+    ewc_lambda: NonNegFloat = 1.0  # on the mean-1 Fisher (fisher_normalize); the paper's 5e8 is on a raw StyleGAN2 Fisher
+    fisher_samples: PositiveInt = 32
     fisher_normalize: bool = True
     # "inverse" (IL2) | "negative" (NL2) | "exponential" (EL2). EL2 by default: its term is bounded, while NL2 rewards
     # distance without bound; on zoo:mnist-gan over seeds 0/1/2, NL2 left 0.0140 / 0.0540 / 0.0095 of 7s (FD 1.04 /
     # 3.45 / 1.52x) and EL2 0.0090 / 0.0110 / 0.0040 (FD 0.71 / 0.87 / 1.08x) (bench/results/gan-cpu*.json)
     repulsion: str = "exponential"
-    gamma: float | None = None  # None: the form's default (GAMMA_DEFAULTS: 1e-3 NL2, 1.0 IL2 and EL2; bench/gan.py)
-    exp_scale: float = 100.0  # EL2's constant
-    repulsion_scale: float = 0.0  # 0: auto, the power of ten that puts d at the start of stage 2 in [1, 10)
+    gamma: NonNegFloat | None = None  # None: the form's default (GAMMA_DEFAULTS: 1e-3 NL2, 1.0 IL2 and EL2; bench/gan.py)
+    exp_scale: PositiveFloat = 100.0  # EL2's constant
+    repulsion_scale: NonNegFloat = 0.0  # 0: auto, the power of ten that puts d at the start of stage 2 in [1, 10)
     _key = "adapt_then_unlearn"
 
     def fit(self, gan, *, forget=None, classifier=None, callback: Callback | None = None,
@@ -423,6 +425,7 @@ class AdaptThenUnlearn(_GANUnlearnBase):
         ``gan``: ``(generator, discriminator)`` or a GAN folder/spec. ``adapted``: stage-1 generator(s)
         to reuse (skips stage 1). Sets ``generator_``, ``discriminator_``, ``adapted_``, ``history_``.
         """
+        check_settings(self)
         if self.repulsion not in REPULSIONS:
             raise GuardgenError(f"unknown repulsion {self.repulsion!r}; use one of {', '.join(REPULSIONS)}")
         t0 = time.perf_counter()
@@ -485,6 +488,7 @@ class GANFineTune(_GANUnlearnBase):
     _key = "gan_finetune"
 
     def fit(self, gan, *, forget=None, classifier=None, callback: Callback | None = None, **_) -> "GANFineTune":
+        check_settings(self)
         t0 = time.perf_counter()
         generator, discriminator, _, positives = self._prepare(gan, forget, classifier)
         self.generator_, self.discriminator_ = self._train(generator, discriminator, positives, self.unlearn_iterations,

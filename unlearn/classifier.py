@@ -18,12 +18,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, SubUnitFloat, UnitFloat, check_settings
 from guardgen.utils import Callback, make_accelerator, prepare, seed_everything
 from unlearn import UNLEARN
 
@@ -52,12 +54,13 @@ def _random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torc
 @dataclass(kw_only=True)
 class ClassifierUnlearner:
     """The shared loop; subclasses define ``per_sample_loss`` (and optionally ``penalty`` / a gradient mask)."""
+    target: ClassVar[str] = "classifier"  # the kind of model it unlearns (`guardgen unlearn methods`)
 
-    epochs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    epochs: PositiveInt = 5
+    lr: PositiveFloat = 0.01
+    momentum: SubUnitFloat = 0.9
+    weight_decay: NonNegFloat = 5e-4
+    batch_size: PositiveInt = 128
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -93,6 +96,7 @@ class ClassifierUnlearner:
 
     def fit(self, model: nn.Module, *, forget, retain, callback: Callback | None = None) -> "ClassifierUnlearner":
         """Unlearn ``forget`` from a copy of ``model`` (never changed); the result is ``model_``."""
+        check_settings(self)
         xf, yf = as_pair(forget, "forget")
         xr, yr = as_pair(retain, "retain")
         if self.uses_forget and len(yf) == 0:
@@ -179,10 +183,10 @@ class ClassifierUnlearner:
 class RetrainClassifier(ClassifierUnlearner):
     """Retrain from scratch on the retained data, with the zoo oracle's recipe (AdamW, cosine, smoothing, affine)."""
 
-    epochs: int = 30
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.05
+    epochs: PositiveInt = 30
+    lr: PositiveFloat = 3e-3
+    weight_decay: NonNegFloat = 5e-4
+    label_smoothing: SubUnitFloat = 0.05
     augment: bool = True
 
     uses_forget = False
@@ -231,7 +235,7 @@ class FT(ClassifierUnlearner):
 class GAClassifier(ClassifierUnlearner):
     """Gradient ascent on the forget data."""
 
-    lr: float = 1e-3
+    lr: PositiveFloat = 1e-3
     uses_retain = False
 
     def per_sample_loss(self, logits, labels, w, generator=None):
@@ -253,7 +257,7 @@ class RL(ClassifierUnlearner):
 class L1Sparse(FT):
     """FT with an l1 penalty alpha (1 - progress) ||theta||_1 that decays linearly to 0."""
 
-    alpha: float = 5e-5
+    alpha: NonNegFloat = 5e-5
 
     def penalty(self, model, progress):
         return self.alpha * (1 - progress) * sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
@@ -264,7 +268,7 @@ class L1Sparse(FT):
 class SalUn(RL):
     """RL on the salient weights only: the top ``threshold`` share by forget-loss gradient magnitude."""
 
-    threshold: float = 0.5  # share of weights that may change
+    threshold: UnitFloat = 0.5  # share of weights that may change
 
     def lower_level_mask(self, model, images, labels, w):
         if not 0 < self.threshold <= 1:

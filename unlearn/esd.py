@@ -13,13 +13,14 @@ import copy
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for, ddim_sample
+from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
@@ -29,11 +30,12 @@ __all__ = ["ESD"]
 @UNLEARN.register("esd")
 @dataclass(kw_only=True)
 class ESD:
-    eta: float = 1.0  # negative guidance strength
-    lr: float = 1e-4
-    iterations: int = 200
-    batch_size: int = 8
-    ddim_steps: int = 10  # the partial sampler that produces x_t
+    target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
+    eta: NonNegFloat = 1.0  # negative guidance strength
+    lr: PositiveFloat = 1e-4
+    iterations: PositiveInt = 200
+    batch_size: PositiveInt = 8
+    ddim_steps: PositiveInt = 10  # the partial sampler that produces x_t
     train: str = "all"  # "all" | "cross_attn" (ESD-x) | "non_cross_attn" (ESD-u)
     seed: int = 0
     device: str = "auto"
@@ -53,6 +55,7 @@ class ESD:
     def fit(self, pipe, *, forget: Sequence, retain: Sequence = (), override: Sequence | None = None, oracle=None,
             callback: Callback | None = None, out=None, resume: bool = False) -> "ESD":
         """Fine-tune a copy of ``pipe.unet`` to erase the ``forget`` conditions (``retain``/``override`` unused)."""
+        check_settings(self)
         from diffusers import DDIMScheduler
 
         if self.train not in ("all", "cross_attn", "non_cross_attn"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for
 from guardgen.models.diffusion import sample_images
+from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
@@ -28,13 +29,14 @@ __all__ = ["GA"]
 @UNLEARN.register("ga")
 @dataclass(kw_only=True)
 class GA:
-    lambda_forget: float = 1.0
-    lambda_retain: float = 1.0
-    lr: float = 5e-5
-    iterations: int = 200
-    batch_size: int = 32
-    samples_per_condition: int = 64
-    sample_steps: int = 25
+    target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
+    lambda_forget: NonNegFloat = 1.0
+    lambda_retain: NonNegFloat = 1.0
+    lr: PositiveFloat = 5e-5
+    iterations: PositiveInt = 200
+    batch_size: PositiveInt = 32
+    samples_per_condition: PositiveInt = 64
+    sample_steps: PositiveInt = 25
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -43,6 +45,7 @@ class GA:
     def fit(self, pipe, *, forget: Sequence, retain: Sequence, override: Sequence | None = None, oracle=None,
             forget_images: torch.Tensor | None = None, retain_images: tuple[torch.Tensor, list] | None = None,
             callback: Callback | None = None, out=None, resume: bool = False) -> "GA":
+        check_settings(self)
         cond = conditioning_for(pipe)
         forget, retain = [cond.parse(c) for c in forget], [cond.parse(c) for c in retain]
         if not retain and self.lambda_retain > 0:

@@ -21,13 +21,14 @@ import random
 import string
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
@@ -48,19 +49,20 @@ GENERIC_PROMPTS = [
 @dataclass(kw_only=True)
 class Redaction:
     """Hyperparameters: lambda (the redaction weight), the trainable part of the encoder and a short Adam run."""
+    target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
 
     variant: str = "full"  # "full" | "last_layers" | "lora"
-    last_layers: int = 2
-    lora_rank: int = 8
-    lambda_redact: float = 1.0
-    lr: float = 5e-5
-    iterations: int = 600  # zoo t2i: 300 left 0.972 label agreement on non-redacted prompts, 600 gave 0.983
-    batch_size: int = 32  # prompts per step, half redacted, half retained
-    random_prompts: int = 512  # random word strings added to the retained set (keeps unrelated text in place)
+    last_layers: PositiveInt = 2
+    lora_rank: PositiveInt = 8
+    lambda_redact: NonNegFloat = 1.0
+    lr: PositiveFloat = 5e-5
+    iterations: PositiveInt = 600  # zoo t2i: 300 left 0.972 label agreement on non-redacted prompts, 600 gave 0.983
+    batch_size: PositiveInt = 32  # prompts per step, half redacted, half retained
+    random_prompts: NonNegInt = 512  # random word strings added to the retained set (keeps unrelated text in place)
     # keyword rules, as the paper defines Omega over captions: any prompt containing a key is redacted, and its
     # reference is the same prompt with the key replaced (e.g. {"seven": "one", "7": "1"}); text models only
     replace: dict = field(default_factory=dict)
-    keyword_prompts: int = 512  # prompts made by inserting each key into retained and random prompts
+    keyword_prompts: NonNegInt = 512  # prompts made by inserting each key into retained and random prompts
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -73,6 +75,7 @@ class Redaction:
         ``retain``: non-redacted prompts to keep in place [default: the model's prompt table, generic captions
         and random word strings]. ``oracle``, ``out`` and ``resume`` are accepted for the common interface.
         """
+        check_settings(self)
         if self.variant not in ("full", "last_layers", "lora"):
             raise GuardgenError(f"variant must be full, last_layers or lora, not {self.variant!r}")
         cond = conditioning_for(pipe)

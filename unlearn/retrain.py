@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from guardgen.errors import GuardgenError
+from guardgen.registry import PositiveInt, check_settings
 from guardgen.utils import Callback
 from unlearn import UNLEARN
 
@@ -24,8 +25,9 @@ __all__ = ["Retrain"]
 @UNLEARN.register("retrain")
 @dataclass(kw_only=True)
 class Retrain:
+    target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
     zoo_name: str = ""  # which zoo recipe to rerun (set from the model spec by the CLI)
-    steps: int | None = None  # None: the zoo model's own training length
+    steps: PositiveInt | None = None  # None: the zoo model's own training length
     zoo_overrides: dict = field(default_factory=dict)  # any other field of the zoo model's config
     seed: int = 0
     device: str = "auto"
@@ -33,6 +35,7 @@ class Retrain:
 
     def fit(self, pipe, *, forget: Sequence, retain: Sequence = (), override=None, oracle=None,
             callback: Callback | None = None, out: str | Path | None = None, resume: bool = False) -> "Retrain":
+        check_settings(self)
         from guardgen import zoo
         from guardgen.models import load_model
 

@@ -41,13 +41,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, ClassVar, Sequence
 
 import torch
 
 from guardgen.checkpoint import load_training_state, save_training_state
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for, ddim_sample, guided_eps
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Range, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 
@@ -72,55 +73,46 @@ class SFD:
     1.26/1.37/1.21/1.29x over ddpm seeds 0-3 and from 1.51/6.51x to 1.75/1.92x over t2i seeds 0-1, where seed 1 now
     forgets (forget rate 0.060 -> 0.006). forget_share 0.125 steadied ddpm too (1.27/1.36/1.21/1.35x) but left the
     text concept half-forgotten (forget rate 0.05), so it stays 0.25 (sfd_sweep-cpu-seeds.json)."""
+    target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
 
-    alpha: float = 1.5
-    lambda_retain: float = 1.0
-    lambda_forget: float = 1.0
-    lr_fake: float = 6e-4  # twice lr_generator's default (two time-scale); set both when changing either
-    lr_generator: float = 3e-4
-    iterations: int = 450
-    batch_size: int = 32
-    forget_share: float = 0.25  # share of each batch drawn with a forgotten condition
-    t_init: int = 440  # timesteps on a 1000-step schedule; rescaled to the model's own schedule length
-    t_min: int = 38
-    t_max: int = 712
-    teacher_guidance: float = 1.0  # classifier-free guidance of the teacher score
-    forget_negative: float = 0.0  # forgotten rows: the teacher at the override, guided away from the concept by this weight
+    alpha: NonNegFloat = 1.5
+    lambda_retain: NonNegFloat = 1.0
+    lambda_forget: NonNegFloat = 1.0
+    lr_fake: PositiveFloat = 6e-4  # twice lr_generator's default (two time-scale); set both when changing either
+    lr_generator: PositiveFloat = 3e-4
+    iterations: NonNegInt = 450  # 0: the untrained one-step generator (the teacher at t_init)
+    batch_size: Annotated[int, Range(2)] = 32
+    forget_share: OpenUnitFloat = 0.25  # share of each batch drawn with a forgotten condition
+    t_init: NonNegInt = 440  # timesteps on a 1000-step schedule; rescaled to the model's own schedule length
+    t_min: NonNegInt = 38
+    t_max: NonNegInt = 712
+    teacher_guidance: NonNegFloat = 1.0  # classifier-free guidance of the teacher score
+    forget_negative: NonNegFloat = 0.0  # forgotten rows: the teacher at the override, guided away from the concept by this weight
     override: str = "fixed"  # "fixed" | "random" | "oracle"
-    grad_clip: float = 1.0
-    warmup: int = 100  # linear warm-up of the generator's learning rate, in iterations (at most a quarter of the run)
-    fake_steps: int = 1  # fake-score updates per generator update (SiD: 1; DMD2-style two time-scale: more)
-    ema_halflife: float = 100.0  # EMA of the generator's weights: half-life in iterations; 0 turns it off
-    ema_rampup: float = 0.25  # ... at most this share of the iterations done so far (EDM-style ramp-up)
-    lambda_regression: float = 0.0  # regression anchor on teacher ODE pairs (our extension, DMD-style; 0: the paper's SFD)
-    regression_pairs: int = 256  # (noise, teacher DDIM sample) pairs, a forget_share of them for the forgotten conditions
-    regression_steps: int = 20  # DDIM steps of the teacher's deterministic sampler that makes the pairs
-    regression_retain_batch: int = 6  # retained slots of each batch that take a pair's noise and condition
-    regression_forget_batch: int = 4  # ... and forgotten slots (their pair's target is the override's sample)
+    grad_clip: PositiveFloat = 1.0
+    warmup: NonNegInt = 100  # linear warm-up of the generator's learning rate, in iterations (at most a quarter of the run)
+    fake_steps: PositiveInt = 1  # fake-score updates per generator update (SiD: 1; DMD2-style two time-scale: more)
+    ema_halflife: NonNegFloat = 100.0  # EMA of the generator's weights: half-life in iterations; 0 turns it off
+    ema_rampup: NonNegFloat = 0.25  # ... at most this share of the iterations done so far (EDM-style ramp-up)
+    lambda_regression: NonNegFloat = 0.0  # regression anchor on teacher ODE pairs (our extension, DMD-style; 0: the paper's SFD)
+    regression_pairs: NonNegInt = 256  # (noise, teacher DDIM sample) pairs, a forget_share of them for the forgotten conditions
+    regression_steps: PositiveInt = 20  # DDIM steps of the teacher's deterministic sampler that makes the pairs
+    regression_retain_batch: NonNegInt = 6  # retained slots of each batch that take a pair's noise and condition
+    regression_forget_batch: NonNegInt = 4  # ... and forgotten slots (their pair's target is the override's sample)
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
-    checkpoint_every: int = 50
+    checkpoint_every: PositiveInt = 50
     history_: list = field(default_factory=list, init=False, repr=False)
 
     def _validate_params(self) -> None:
+        check_settings(self, name="sfd")
         if self.override not in ("fixed", "random", "oracle"):
             raise GuardgenError(f"override must be fixed, random or oracle, not {self.override!r}")
-        if not 0 <= self.t_min < self.t_max:
-            raise GuardgenError("need 0 <= t_min < t_max")
-        if not 0 < self.forget_share < 1:
-            raise GuardgenError("forget_share must be in (0, 1)")
-        if self.fake_steps < 1:
-            raise GuardgenError("fake_steps must be at least 1")
-        if self.warmup < 0:
-            raise GuardgenError("warmup must be a non-negative number of iterations")
-        if self.forget_negative < 0:
-            raise GuardgenError("forget_negative must be >= 0 (0: the teacher's override score without negative guidance)")
-        if self.lambda_regression < 0 or (self.lambda_regression > 0 and not (
-                self.regression_pairs >= 2 and self.regression_steps >= 1
-                and min(self.regression_retain_batch, self.regression_forget_batch) >= 0)):
-            raise GuardgenError("lambda_regression must be >= 0; with it on, regression_pairs >= 2, regression_steps >= 1 "
-                                "and regression_retain_batch, regression_forget_batch >= 0 are needed")
+        if not self.t_min < self.t_max:
+            raise GuardgenError("need t_min < t_max")
+        if self.lambda_regression > 0 and self.regression_pairs < 2:
+            raise GuardgenError("lambda_regression > 0 needs regression_pairs >= 2")
 
     # -------------------------------------------------------------------------------------------------
     def fit(self, pipe, *, forget: Sequence, retain: Sequence, override: Sequence | None = None, oracle=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import typer
@@ -31,10 +32,17 @@ def guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        out = kwargs.get("out")
+        if isinstance(out, Path) and out.exists() and not out.is_dir():
+            fail(f"--out {out}: a file, not a folder")
         try:
             return fn(*args, **kwargs)
         except GuardgenError as err:
             fail(str(err).splitlines()[0] if str(err) else "bad input")
+        except OSError as err:
+            if err.filename is None:  # not about a path the user gave: a real bug, keep its traceback
+                raise
+            fail(f"{err.filename}: {err.strerror or err}")
         except FloatingPointError as err:
             fail(f"training diverged: {err}")
         except KeyboardInterrupt:

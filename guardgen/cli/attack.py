@@ -51,10 +51,9 @@ def _randperm(n: int, seed: int):
 def classifier_method(name: str, params: dict):
     """A classifier unlearning method from the registry, with ``params`` checked against its fields."""
     from guardgen.errors import GuardgenError
-    from unlearn import UNLEARN
-    from unlearn.classifier import ClassifierUnlearner
+    from unlearn import UNLEARN, methods_for
 
-    names = [n for n in UNLEARN.names() if isinstance(UNLEARN.get(n), type) and issubclass(UNLEARN.get(n), ClassifierUnlearner)]
+    names = methods_for("classifier")
     if name not in names:
         raise GuardgenError(f"unknown classifier unlearning method {name!r}; choose one of: {', '.join(names)}")
     cls = UNLEARN.get(name)
@@ -65,26 +64,26 @@ def classifier_method(name: str, params: dict):
 @guarded
 def worst_case_forget(
     model: Annotated[str, typer.Option(help="Classifier spec: zoo:mnist-oracle or a classifier folder.")],
-    size: Annotated[int, typer.Option(help="Forget-set size: samples (--mode data) or classes (--mode class).")],
+    size: Annotated[int, typer.Option(min=1, help="Forget-set size: samples (--mode data) or classes (--mode class).")],
     data: Annotated[str, typer.Option(help="The model's training data (its train split is searched).")] = "mnist",
     method: Annotated[str, typer.Option(help="Lower-level unlearning method: ft, ga_classifier, rl, l1_sparse, salun, ...")] = "ft",
     mode: Annotated[str, typer.Option(help="data (samples) or class (whole classes).")] = "data",
     reverse: Annotated[bool, typer.Option("--reverse", help="Find the easiest set to forget instead.")] = False,
-    iterations: Annotated[int, typer.Option(help="Upper-level (selection) steps.")] = 10,
-    inner_steps: Annotated[Optional[int], typer.Option(help="Lower-level sign-SGD steps per selection step.", show_default="one pass over the data")] = None,
+    iterations: Annotated[int, typer.Option(min=1, help="Upper-level (selection) steps.")] = 10,
+    inner_steps: Annotated[Optional[int], typer.Option(min=0, help="Lower-level sign-SGD steps per selection step.", show_default="one pass over the data")] = None,
     theta_lr: Annotated[float, typer.Option(help="Lower-level sign-SGD step size.")] = 1e-4,
     w_lr: Annotated[float, typer.Option(help="Upper-level step size on the selection weights.")] = 0.01,
-    harden_every: Annotated[int, typer.Option(help="Harden the weights to the top set every k steps (0: at the end).")] = 0,
+    harden_every: Annotated[int, typer.Option(min=0, help="Harden the weights to the top set every k steps (0: at the end).")] = 0,
     signal: Annotated[str, typer.Option(help="Upper-level signal: loss (the paper's: what the unlearned model still fits) or "
                                         "gap (what departs most from a from-scratch reference that never saw the sample).")] = "loss",
     reference_set: Annotated[list[str], typer.Option("--reference-set", help="--signal gap: the reference models' training recipe, "
                                                      "retrain_classifier KEY=VALUE (repeatable; e.g. epochs=20, augment=false); "
                                                      "default: the zoo oracle's.")] = [],
-    reference_folds: Annotated[int, typer.Option(help="--signal gap: reference models, each holding out one fold.")] = 2,
-    resolution: Annotated[int, typer.Option(help="Image size the model takes.")] = 16,
-    max_samples: Annotated[Optional[int], typer.Option(help="Search only N training samples (quick runs).")] = None,
+    reference_folds: Annotated[int, typer.Option(min=2, help="--signal gap: reference models, each holding out one fold.")] = 2,
+    resolution: Annotated[int, typer.Option(min=1, help="Image size the model takes.")] = 16,
+    max_samples: Annotated[Optional[int], typer.Option(min=1, help="Search only N training samples (quick runs).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Unlearn the selected set with --method and score it.")] = True,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs of the evaluation unlearning.", show_default="the method's")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs of the evaluation unlearning.", show_default="the method's")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable).")] = [],
     out: Annotated[Path, typer.Option(help="Run folder: indices.json, gallery.png, metrics.json.")] = Path("runs/worst-case-forget"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -192,12 +191,12 @@ def evade(
     attribute_weight: Annotated[float, typer.Option(rich_help_panel=P_GUIDE)] = 1.0,
     reg_weight: Annotated[float, typer.Option(help="Latent regulariser: weight of ||c - c0||^2.", rich_help_panel=P_GUIDE)] = 1.0,
     layers: Annotated[str, typer.Option(help="Layer mask over W+ rows: 0-3, coarse, medium, fine (\"\": all).", rich_help_panel=P_GUIDE)] = "",
-    n: Annotated[int, typer.Option(help="Images to generate and attack.", rich_help_panel=P_BUDGET)] = 32,
-    steps: Annotated[int, typer.Option(help="Adam steps on the latent codes.", rich_help_panel=P_BUDGET)] = 60,
+    n: Annotated[int, typer.Option(min=1, help="Images to generate and attack.", rich_help_panel=P_BUDGET)] = 32,
+    steps: Annotated[int, typer.Option(min=0, help="Adam steps on the latent codes.", rich_help_panel=P_BUDGET)] = 60,
     lr: Annotated[float, typer.Option(rich_help_panel=P_BUDGET)] = 0.05,
     inner_lr: Annotated[float, typer.Option(help="Meta mode: virtual-step size.", rich_help_panel=P_BUDGET)] = 0.02,
-    candidates: Annotated[int, typer.Option(help="Start from the best of k random codes for the attribute.", rich_help_panel=P_BUDGET)] = 32,
-    restarts: Annotated[int, typer.Option(help="Fresh starts (each a full --steps run) for images that end a run unsuccessful.", rich_help_panel=P_BUDGET)] = 2,
+    candidates: Annotated[int, typer.Option(min=1, help="Start from the best of k random codes for the attribute.", rich_help_panel=P_BUDGET)] = 32,
+    restarts: Annotated[int, typer.Option(min=0, help="Fresh starts (each a full --steps run) for images that end a run unsuccessful.", rich_help_panel=P_BUDGET)] = 2,
     out: Annotated[Path, typer.Option(help="Run folder: gallery.png (before/after), adversarial/, results.json.", rich_help_panel=P_OUT)] = Path("runs/evade"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:

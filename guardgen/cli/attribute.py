@@ -21,7 +21,7 @@ app = typer.Typer(no_args_is_help=True)
 
 DataOpt = Annotated[Optional[Path], typer.Option(help="Folder with one subfolder of images per source.")]
 SourceOpt = Annotated[list[str], typer.Option("--source", help="NAME=SPEC: mnist, a GAN (zoo:mnist-gan or folder) or an image folder (repeatable).")]
-PerSourceOpt = Annotated[int, typer.Option(help="Images drawn per --source (GANs are sampled, MNIST and folders truncated).")]
+PerSourceOpt = Annotated[int, typer.Option(min=1, help="Images drawn per --source (GANs are sampled, MNIST and folders truncated).")]
 
 
 def _load_sources(data: Path | None, sources: list[str], per_source: int, seed: int, split: str, resolution: int | None):
@@ -82,7 +82,7 @@ def fit(
     source: SourceOpt = [],
     per_source: PerSourceOpt = 1000,
     unlabeled: Annotated[Optional[Path], typer.Option(help="Also discover new sources in this folder (any layout).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size.", show_default="keep")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="keep")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any OpenWorldAttribution setting: KEY=VALUE.")] = [],
     out: Annotated[Path, typer.Option(help="Folder for the attribution model.")] = Path("runs/attribute"),
     seed: Annotated[int, typer.Option(help="Random seed (sampling and training).")] = 0,
@@ -114,10 +114,10 @@ def discover(
     data: DataOpt = None,
     source: SourceOpt = [],
     per_source: PerSourceOpt = 500,
-    clusters: Annotated[Optional[int], typer.Option(help="k of k-means per round.", show_default="the model's")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="Discovery rounds.", show_default="the model's")] = None,
+    clusters: Annotated[Optional[int], typer.Option(min=1, help="k of k-means per round.", show_default="the model's")] = None,
+    rounds: Annotated[Optional[int], typer.Option(min=1, help="Discovery rounds.", show_default="the model's")] = None,
     online: Annotated[bool, typer.Option(help="Add the images to the model's pool (partial_fit) instead of replacing it.")] = False,
-    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size.", show_default="keep")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="keep")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to save the updated model.", show_default="MODEL_DIR")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:
@@ -151,7 +151,7 @@ def predict(
     source: SourceOpt = [],
     images_dir: Annotated[Optional[Path], typer.Option("--images", help="A folder of images of unknown source (flat).")] = None,
     per_source: PerSourceOpt = 200,
-    resolution: Annotated[Optional[int], typer.Option(help="Resize all images to this size.", show_default="keep")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="keep")] = None,
     out: Annotated[Path, typer.Option(help="Folder for predictions.json.")] = Path("runs/attribute-predict"),
     seed: Annotated[int, typer.Option(help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:

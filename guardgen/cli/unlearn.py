@@ -17,6 +17,7 @@ app = typer.Typer(no_args_is_help=True)
 
 PANEL_METHOD = "Method"
 PANEL_EVAL = "Evaluation"
+KINDS = {"diffusion": "diffusion models", "gan": "GANs", "classifier": "classifiers"}  # a method's ``target``
 
 
 @app.command()
@@ -28,7 +29,7 @@ def methods() -> None:
     for name in UNLEARN.names():
         cls = UNLEARN.get(name)
         doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip().splitlines()[0]
-        rows.append({"method": name, "class": cls.__name__, "description": doc})
+        rows.append({"method": name, "for": cls.target, "class": cls.__name__, "description": doc})
     console.print(results_table("unlearning methods", rows))
 
 
@@ -41,12 +42,12 @@ def concept(
     retain: Annotated[list[str], typer.Option(help="Retained prompts (text models).", show_default="the model's own prompts")] = [],
     expand: Annotated[bool, typer.Option(help="Text models: also forget the model's other known phrasings of the concept.")] = True,
     method: Annotated[str, typer.Option(help="Unlearning method (see `guardgen unlearn methods`).", rich_help_panel=PANEL_METHOD)] = "sfd",
-    iterations: Annotated[Optional[int], typer.Option(help="Training iterations.", show_default="the method's", rich_help_panel=PANEL_METHOD)] = None,
+    iterations: Annotated[Optional[int], typer.Option(min=1, help="Training iterations.", show_default="the method's", rich_help_panel=PANEL_METHOD)] = None,
     override_mode: Annotated[str, typer.Option(help="SFD override: fixed, random or oracle.", rich_help_panel=PANEL_METHOD)] = "",
     set_: Annotated[list[str], typer.Option("--set", help="Any method hyperparameter: KEY=VALUE.", rich_help_panel=PANEL_METHOD)] = [],
     out: Annotated[Path, typer.Option(help="Run folder (the unlearned pipeline, run.json, results.json, grid.png).")] = Path("runs/unlearn"),
     oracle: Annotated[str, typer.Option(help="Classifier that judges samples.", rich_help_panel=PANEL_EVAL)] = "zoo:mnist-oracle",
-    eval_per_class: Annotated[int, typer.Option(help="Samples per condition for the before/after table.", rich_help_panel=PANEL_EVAL)] = 50,
+    eval_per_class: Annotated[int, typer.Option(min=1, help="Samples per condition for the before/after table.", rich_help_panel=PANEL_EVAL)] = 50,
     evaluate: Annotated[bool, typer.Option(help="Score before and after with the oracle.", rich_help_panel=PANEL_EVAL)] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -63,7 +64,7 @@ def concept(
     from guardgen.models.conditioning import conditioning_for
     from guardgen.models.diffusion import save_pipeline
     from guardgen.utils import model_device
-    from unlearn import UNLEARN
+    from unlearn import UNLEARN, methods_for
     from unlearn.evaluate import concept_plan, evaluate_before_after
 
     ref = resolve(model)
@@ -74,6 +75,9 @@ def concept(
     if ref.kind not in ("pipeline",):
         raise GuardgenError(f"{model}: holds a {ref.kind}; unlearn concept needs a diffusion pipeline folder or a GAN folder")
     cls = UNLEARN.get(method)
+    if cls.target != "diffusion":
+        raise GuardgenError(f"{method} unlearns {KINDS[cls.target]}; for a diffusion model use --method "
+                            f"{', '.join(methods_for('diffusion'))}")
     pipe = load_model(model, device=model_device(device))
     cond = conditioning_for(pipe)
     judge = load_model(oracle, kind="classifier") if evaluate or override_mode == "oracle" else None
@@ -83,9 +87,9 @@ def concept(
         params["iterations" if method != "retrain" else "steps"] = iterations
     if override_mode:
         params["override"] = override_mode
-    elif method == "sfd" and not plan["override"] and "override" not in params:
+    random_override = method == "sfd" and not override_mode and not plan["override"] and "override" not in params
+    if random_override:
         params["override"] = "random"
-        console.print("No --override: each forgotten condition is mapped to a random retained one (--override-mode random).")
     if method == "retrain":
         params.pop("iterations", None)
         params["zoo_name"] = model[4:] if ref.source == "zoo" else ""
@@ -93,6 +97,8 @@ def concept(
         meta = ref.path / "guardgen.json"
         params["teacher_guidance"] = json.loads(meta.read_text()).get("sampling", {}).get("guidance_scale", 1.0) if meta.is_file() else 1.0
     runner = configure(cls, params, name=method)
+    if random_override:
+        console.print("No --override: each forgotten condition is mapped to a random retained one (--override-mode random).")
     console.print(f"unlearning {plan['forget']} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
     keys = ("loss_gen", "loss_fake", "loss", "loss_forget")
     with progress_callback(f"{method}", keys=keys) as callback:
@@ -121,9 +127,6 @@ def concept(
 
 
 
-GAN_METHODS = ("adapt_then_unlearn", "gan_finetune")
-
-
 def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets: list[str], out: Path, oracle: str,
                  samples: int, evaluate: bool, seed: int, device: str, mixed_precision: str) -> None:
     """`unlearn concept` on a GAN folder: Adapt-then-Unlearn (or the fine-tune baseline) with the oracle as classifier."""
@@ -134,19 +137,19 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
     from guardgen.errors import GuardgenError
     from guardgen.models import load_model
     from guardgen.utils import model_device
-    from unlearn import UNLEARN
+    from unlearn import UNLEARN, methods_for
     from unlearn.adapt_then_unlearn import evaluate_gan_unlearning
 
     if method == "sfd":  # the command's default belongs to diffusion models
         method = "adapt_then_unlearn"
         console.print("GAN model: using --method adapt_then_unlearn")
-    if method not in GAN_METHODS:
-        raise GuardgenError(f"{method} unlearns diffusion models; for a GAN use --method {' or '.join(GAN_METHODS)}")
+    cls = UNLEARN.get(method)
+    if cls.target != "gan":
+        raise GuardgenError(f"{method} unlearns {KINDS[cls.target]}; for a GAN use --method {' or '.join(methods_for('gan'))}")
     try:
         classes = [int(f) for f in forget]
     except ValueError:
         raise GuardgenError(f"--forget {forget!r}: a GAN forgets oracle classes; pass class ids like 7") from None
-    cls = UNLEARN.get(method)
     params = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(sets)}
     if iterations is not None:
         params["unlearn_iterations"] = iterations
@@ -180,11 +183,11 @@ def redact(
     replace: Annotated[list[str], typer.Option(help="Keyword rule KEY=VALUE: any prompt with KEY is redacted to the prompt with VALUE (repeatable).")] = [],
     expand: Annotated[bool, typer.Option(help="Zoo text models: also redact the model's other known phrasings of the concept.")] = True,
     variant: Annotated[str, typer.Option(help="Trainable part of the text encoder: full, last_layers or lora.", rich_help_panel=PANEL_METHOD)] = "full",
-    iterations: Annotated[Optional[int], typer.Option(help="Distillation steps.", show_default="the method's", rich_help_panel=PANEL_METHOD)] = None,
+    iterations: Annotated[Optional[int], typer.Option(min=1, help="Distillation steps.", show_default="the method's", rich_help_panel=PANEL_METHOD)] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any hyperparameter: KEY=VALUE.", rich_help_panel=PANEL_METHOD)] = [],
     out: Annotated[Path, typer.Option(help="Run folder (the redacted pipeline, run.json, results.json).")] = Path("runs/redact"),
     oracle: Annotated[str, typer.Option(help="Classifier that judges samples (zoo models).", rich_help_panel=PANEL_EVAL)] = "zoo:mnist-oracle",
-    per_prompt: Annotated[int, typer.Option(help="Samples per prompt for the evaluation.", rich_help_panel=PANEL_EVAL)] = 20,
+    per_prompt: Annotated[int, typer.Option(min=1, help="Samples per prompt for the evaluation.", rich_help_panel=PANEL_EVAL)] = 20,
     evaluate: Annotated[bool, typer.Option(help="Score the redaction with the oracle (zoo models).", rich_help_panel=PANEL_EVAL)] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -281,12 +284,12 @@ def evaluate(
     method: Annotated[str, typer.Option(help="Classifier unlearning method: ft, ga_classifier, rl, l1_sparse, salun, retrain_classifier.")],
     forget_set: Annotated[Path, typer.Option(help="JSON file of training-sample indices to forget (e.g. indices.json of `guardgen attack worst-case-forget`).")],
     data: Annotated[str, typer.Option(help="The model's training data.")] = "mnist",
-    resolution: Annotated[int, typer.Option(help="Image size the model takes.")] = 16,
-    max_samples: Annotated[Optional[int], typer.Option(help="Use only N training samples (must match the index file's run).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Unlearning epochs.", show_default="the method's", rich_help_panel=PANEL_METHOD)] = None,
+    resolution: Annotated[int, typer.Option(min=1, help="Image size the model takes.")] = 16,
+    max_samples: Annotated[Optional[int], typer.Option(min=1, help="Use only N training samples (must match the index file's run).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Unlearning epochs.", show_default="the method's", rich_help_panel=PANEL_METHOD)] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any method hyperparameter: KEY=VALUE.", rich_help_panel=PANEL_METHOD)] = [],
     retrain: Annotated[bool, typer.Option(help="Also retrain from scratch without the forget set (the reference of the gap).", rich_help_panel=PANEL_EVAL)] = True,
-    retrain_epochs: Annotated[Optional[int], typer.Option(help="Retraining epochs.", show_default="30, the zoo oracle's", rich_help_panel=PANEL_EVAL)] = None,
+    retrain_epochs: Annotated[Optional[int], typer.Option(min=1, help="Retraining epochs.", show_default="30, the zoo oracle's", rich_help_panel=PANEL_EVAL)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json and the unlearned classifier (a classifier folder) here.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

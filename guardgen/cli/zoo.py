@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.registry import configure
 
 __all__ = ["app"]
 
@@ -57,8 +58,8 @@ def build(
     name: Annotated[str, typer.Argument(help="Zoo model to build (see `guardgen zoo list`).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder.", show_default="$GUARDGEN_ZOO_DIR/NAME or runs/zoo/NAME")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps (diffusion models).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (classifiers).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps (diffusion models).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Training epochs (classifiers).")] = None,
     exclude: Annotated[str, typer.Option(help="Classes to leave out of the training data, e.g. 7 or 3,7 (retrain baseline).")] = "",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 (GPU).")] = "no",
@@ -75,6 +76,7 @@ def build(
         overrides["epochs"] = epochs
     if exclude:
         overrides["exclude"] = _parse_classes(exclude)
+    configure(zoo.config_class(name), overrides, name=name)  # bad settings fail here, before the progress bar
     user_dir = zoo.user_zoo_dir()
     out = out or ((user_dir / name) if user_dir else Path("runs/zoo") / name)
     main_process = int(os.environ.get("RANK", "0")) == 0  # before the accelerator exists (it picks cpu/gpu itself)
@@ -93,8 +95,8 @@ def build(
 def show(
     name: Annotated[str, typer.Argument(help="Zoo model, or any spec (zoo:NAME, folder).")],
     out: Annotated[Path, typer.Option(help="Folder for the sample grid PNG and results.json.")] = Path("runs/show"),
-    per_class: Annotated[int, typer.Option(help="Samples per class.")] = 10,
-    steps: Annotated[int, typer.Option(help="Sampling steps (DDIM).")] = 50,
+    per_class: Annotated[int, typer.Option(min=1, help="Samples per class.")] = 10,
+    steps: Annotated[int, typer.Option(min=1, help="Sampling steps (DDIM).")] = 50,
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance.", show_default="the model's")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     oracle: Annotated[str, typer.Option(help="Classifier that scores the samples.")] = "zoo:mnist-oracle",

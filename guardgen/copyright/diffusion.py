@@ -24,6 +24,7 @@ import torch
 
 from guardgen.copyright.bounds import check_k, k_effective
 from guardgen.errors import GuardgenError
+from guardgen.registry import NonNegFloat, PositiveInt, UnitFloat, check_settings
 
 __all__ = ["CPk", "CPkSamples", "audit_naf", "calibrate_k", "sample_with_log_ratios"]
 
@@ -123,15 +124,16 @@ class CPk:
     """
 
     k: float
-    num_inference_steps: int = 25
-    eta: float = 1.0
-    guidance_scale: float = 1.0
-    batch_size: int = 128
-    max_draws_per_sample: int = 50
+    num_inference_steps: PositiveInt = 25
+    eta: UnitFloat = 1.0
+    guidance_scale: NonNegFloat = 1.0
+    batch_size: PositiveInt = 128
+    max_draws_per_sample: PositiveInt = 50
     seed: int = 0
 
     def sample(self, p, qs, conditions, callback=None) -> CPkSamples:
         """One accepted sample per entry of ``conditions`` (N class ids or prompts)."""
+        check_settings(self)
         k = check_k(self.k)
         if not qs:
             raise GuardgenError("CP-k needs at least one shard model")

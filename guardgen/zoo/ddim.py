@@ -17,6 +17,7 @@ from pathlib import Path
 
 from guardgen.checkpoint import save_json
 from guardgen.data import load_mnist
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat
 from guardgen.utils import Callback, seed_everything
 from guardgen.zoo._loop import write_model_card
 
@@ -25,25 +26,25 @@ __all__ = ["DDIMBConfig", "build_ddim_b", "ddim_b_unet"]
 
 @dataclass(kw_only=True)
 class DDIMBConfig:
-    resolution: int = 16
+    resolution: PositiveInt = 16
     block_out_channels: tuple[int, ...] = (24, 48)
-    layers_per_block: int = 1
-    num_train_timesteps: int = 1000
+    layers_per_block: PositiveInt = 1
+    num_train_timesteps: PositiveInt = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 100
-    ema_decay: float = 0.995
-    label_dropout: float = 0.1
-    guidance_scale: float = 1.0
-    sample_steps: int = 20  # DDIM steps stored as the sampling default
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
+    warmup: NonNegInt = 100
+    ema_decay: UnitFloat = 0.995
+    label_dropout: UnitFloat = 0.1
+    guidance_scale: NonNegFloat = 1.0
+    sample_steps: PositiveInt = 20  # DDIM steps stored as the sampling default
     exclude: tuple[int, ...] = ()
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
-    checkpoint_every: int = 250
-    eval_samples_per_class: int = 30
+    checkpoint_every: PositiveInt = 250
+    eval_samples_per_class: NonNegInt = 30
 
 
 def ddim_b_unet(*, resolution: int = 16, channels: int = 1, num_classes: int = 10,

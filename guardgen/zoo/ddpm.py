@@ -17,6 +17,7 @@ import torch
 
 from guardgen.checkpoint import save_json
 from guardgen.data import load_mnist
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat
 from guardgen.utils import Callback, seed_everything
 from guardgen.zoo._loop import train_diffusion, write_model_card
 
@@ -25,23 +26,23 @@ __all__ = ["DDPMConfig", "build_ddpm", "evaluate_class_conditional", "train_clas
 
 @dataclass(kw_only=True)
 class DDPMConfig:
-    resolution: int = 16
+    resolution: PositiveInt = 16
     block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    num_train_timesteps: int = 1000
-    steps: int = 4000
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 100
-    ema_decay: float = 0.998
-    label_dropout: float = 0.1
-    guidance_scale: float = 1.0  # sampling default stored with the model (CFG > 1 lowered oracle agreement here)
+    layers_per_block: PositiveInt = 1
+    num_train_timesteps: PositiveInt = 1000
+    steps: PositiveInt = 4000
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
+    warmup: NonNegInt = 100
+    ema_decay: UnitFloat = 0.998
+    label_dropout: UnitFloat = 0.1
+    guidance_scale: NonNegFloat = 1.0  # sampling default stored with the model (CFG > 1 lowered oracle agreement here)
     exclude: tuple[int, ...] = ()
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
-    checkpoint_every: int = 250
-    eval_samples_per_class: int = 50
+    checkpoint_every: PositiveInt = 250
+    eval_samples_per_class: NonNegInt = 50
 
 
 def train_class_conditional(unet, noise_scheduler, train, config, out: Path, *, resume: bool = False,

@@ -30,6 +30,7 @@ from guardgen.data import load_mnist as _load_mnist
 from guardgen.data.transforms import to_model_range
 from guardgen.errors import GuardgenError
 from guardgen.models.gan import GAN_ARCHITECTURES, sample_gan, save_gan
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat
 from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, step_generator, write_model_card
 
@@ -49,61 +50,61 @@ def load_mnist(split: str, resolution: int = 16, exclude: tuple[int, ...] = ()):
 class GANConfig:
     name: str = "mnist-gan"
     architecture: str = "dcgan"
-    resolution: int = 16
-    latent_dim: int = 32
-    width: int = 16  # generator width (channels at full resolution); 16 keeps a GAN near 0.5 MB
-    d_width: int = 16
-    steps: int = 3000
-    batch_size: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
+    resolution: PositiveInt = 16
+    latent_dim: PositiveInt = 32
+    width: PositiveInt = 16  # generator width (channels at full resolution); 16 keeps a GAN near 0.5 MB
+    d_width: PositiveInt = 16
+    steps: PositiveInt = 3000
+    batch_size: PositiveInt = 64
+    lr_g: PositiveFloat = 2e-4
+    lr_d: PositiveFloat = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     loss: str = "ns"  # "ns" (non-saturating) or "hinge"
-    r1_gamma: float = 0.0  # R1 penalty weight on real images (0: off; the discriminator has spectral norm)
-    ema_decay: float = 0.999
+    r1_gamma: NonNegFloat = 0.0  # R1 penalty weight on real images (0: off; the discriminator has spectral norm)
+    ema_decay: UnitFloat = 0.999
     exclude: tuple[int, ...] = ()
     seed: int = 0
-    seed_offset: int = 0  # training seed = seed + seed_offset (how same-architecture zoo entries differ)
+    seed_offset: NonNegInt = 0  # training seed = seed + seed_offset (how same-architecture zoo entries differ)
     device: str = "auto"
     mixed_precision: str = "no"
-    checkpoint_every: int = 500
-    eval_samples: int = 1000
+    checkpoint_every: PositiveInt = 500
+    eval_samples: NonNegInt = 1000
 
 
 @dataclass(kw_only=True)
 class GANDCGANS1Config(GANConfig):
     name: str = "mnist-gan-dcgan-s1"
-    seed_offset: int = 1
+    seed_offset: NonNegInt = 1
 
 
 @dataclass(kw_only=True)
 class GANUpsampleConfig(GANConfig):
     name: str = "mnist-gan-upsample"
     architecture: str = "upsample"
-    steps: int = 1500  # attribution source: fewer steps keep the zoo build short on a CPU
+    steps: PositiveInt = 1500  # attribution source: fewer steps keep the zoo build short on a CPU
 
 
 @dataclass(kw_only=True)
 class GANUpsampleS1Config(GANConfig):
     name: str = "mnist-gan-upsample-s1"
     architecture: str = "upsample"
-    seed_offset: int = 1
-    steps: int = 1500  # attribution source: fewer steps keep the zoo build short on a CPU
+    seed_offset: NonNegInt = 1
+    steps: PositiveInt = 1500  # attribution source: fewer steps keep the zoo build short on a CPU
 
 
 @dataclass(kw_only=True)
 class GANResNetConfig(GANConfig):
     name: str = "mnist-gan-resnet"
     architecture: str = "resnet"
-    steps: int = 1200  # attribution source: fewer steps keep the zoo build short on a CPU
+    steps: PositiveInt = 1200  # attribution source: fewer steps keep the zoo build short on a CPU
 
 
 @dataclass(kw_only=True)
 class GANResNetS1Config(GANConfig):
     name: str = "mnist-gan-resnet-s1"
     architecture: str = "resnet"
-    seed_offset: int = 1
-    steps: int = 1200  # attribution source: fewer steps keep the zoo build short on a CPU
+    seed_offset: NonNegInt = 1
+    steps: PositiveInt = 1200  # attribution source: fewer steps keep the zoo build short on a CPU
 
 
 def gan_losses(loss: str, d_real: torch.Tensor | None, d_fake: torch.Tensor, *, for_generator: bool) -> torch.Tensor:

@@ -20,6 +20,7 @@ from guardgen.data import load_mnist
 from guardgen.data.transforms import random_affine
 from guardgen.metrics import accuracy
 from guardgen.models.classifier import create_classifier, save_classifier
+from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, SubUnitFloat
 from guardgen.utils import Callback, fused, make_accelerator, predict_logits, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
 
@@ -28,18 +29,18 @@ __all__ = ["OracleConfig", "build_oracle"]
 
 @dataclass(kw_only=True)
 class OracleConfig:
-    resolution: int = 16
-    width: int = 32
-    epochs: int = 30
-    batch_size: int = 128  # global batch, split over processes
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.05
+    resolution: PositiveInt = 16
+    width: PositiveInt = 32
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 128  # global batch, split over processes
+    lr: PositiveFloat = 3e-3
+    weight_decay: NonNegFloat = 5e-4
+    label_smoothing: SubUnitFloat = 0.05
     exclude: tuple[int, ...] = ()
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
-    checkpoint_every: int = 200
+    checkpoint_every: PositiveInt = 200
 
 
 def build_oracle(config: OracleConfig, out: str | Path, *, resume: bool = False, callback: Callback | None = None) -> dict:

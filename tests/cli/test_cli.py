@@ -71,6 +71,10 @@ def test_zoo_build_from_the_cli(tmp_path):
     (("zoo", "build", "mnist-oracle", "--set", "epochs"), "expected KEY=VALUE"),
     (("zoo", "build", "mnist-oracle", "--exclude", "12"), "class ids are 0..9"),
     (("zoo", "show", "zoo:mnist-oracle", "--oracle", "zoo:mnist-ddpm"), "holds a pipeline"),
+    (("zoo", "build", "mnist-ddpm", "--set", "lr=-1"), "mnist-ddpm: setting lr=-1: must be > 0"),
+    (("zoo", "show", "mnist-ddpm", "--steps", 0), "Invalid value for '--steps'"),  # counts are bounded at the option
+    (("detect", "train", "--real", "mnist", "--fake", "zoo:mnist-ddpm", "--resolution", 0), "Invalid value for '--resolution'"),
+    (("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--eval-per-class", 0), "Invalid value for '--eval-per-class'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = invoke(*args)
@@ -91,3 +95,10 @@ def test_zoo_show_text_model_uses_its_prompts(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["conditional_accuracy"] >= 0.5  # 10 samples, 10-step DDIM: most are the prompted digit
+
+
+def test_a_path_the_system_refuses_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = invoke("zoo", "show", "mnist-ddpm", "--per-class", 1, "--steps", 2, "--out", tmp_path / "file" / "run")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{tmp_path / 'file'}" in " ".join(result.output.split()), result.output

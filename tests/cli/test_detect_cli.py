@@ -85,7 +85,7 @@ def test_bad_inputs_exit_2(folders):
     assert result.exit_code == 2 and "lr_schedule" in text(result)
     result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--augment", 2,
                     "--out", folders / "d4", *TINY)
-    assert result.exit_code == 2 and "probability" in text(result)
+    assert result.exit_code == 2 and "Invalid value for '--augment'" in text(result)
     result = invoke("detect", "attack", "--detector", det, "--generator", "zoo:mnist-oracle")
     assert result.exit_code == 2 and "not a generator" in text(result)
     # the detector's preprocessing refuses 16x16 input (trained at 8x8 with --resize none)

@@ -17,6 +17,9 @@ def test_methods_lists_every_method():
     assert result.exit_code == 0
     for name in ("sfd", "esd", "ga", "retrain"):
         assert name in result.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
+            if line.count("│") > 3 and line.split("│")[1].strip()}
+    assert (rows["sfd"], rows["adapt_then_unlearn"], rows["salun"]) == ("diffusion", "gan", "classifier")
 
 
 def test_unlearn_concept_end_to_end_on_the_zoo(tmp_path):
@@ -56,10 +59,26 @@ def test_sfd_without_override_maps_to_random_retained_classes(tmp_path, tiny_cla
     (("--forget", 7, "--override", 1, "--set", "bogus=1"), "unknown setting(s) bogus"),
     (("--forget", 7, "--override", 1, "--set", "alpha=abc"), "setting alpha='abc': expected a number"),
     (("--forget", 7, "--override", 1, "--set", "batch_size=2.5"), "setting batch_size=2.5: expected a whole number"),
+    (("--forget", 7, "--override", 1, "--set", "batch_size=1"), "setting batch_size=1: must be >= 2"),
+    (("--forget", 7, "--override", 1, "--set", "lr_generator=-1"), "setting lr_generator=-1: must be > 0"),
+    (("--forget", 7, "--method", "ga_classifier"), "ga_classifier unlearns classifiers; for a diffusion model use --method"),
+    (("--forget", 7, "--method", "gan_finetune"), "gan_finetune unlearns GANs; for a diffusion model use --method"),
 ])
 def test_bad_input(tmp_path, args, message):
     result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", *args, "--out", tmp_path / "r", "--iterations", 1)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "r").write_text("keep me")
+    result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "a file, not a folder" in result.output, result.output
+    assert (tmp_path / "r").read_text() == "keep me"
+
+
+def test_a_gan_refuses_a_diffusion_method(tmp_path):
+    result = invoke("unlearn", "concept", "--model", "zoo:mnist-gan", "--forget", 7, "--method", "esd", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "esd unlearns diffusion models; for a GAN use --method adapt_then_unlearn" in result.output
 
 
 def test_model_without_conditioning(tmp_path):
@@ -75,7 +94,7 @@ def test_model_without_conditioning(tmp_path):
 def test_divergence_is_reported_and_nothing_is_written(tmp_path, tiny_class_pipeline):
     out = tmp_path / "r"
     result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 7, "--override", 1, "--iterations", 2,
-                    "--set", "alpha=NaN", "--set", "batch_size=4", "--no-evaluate", "--out", out)
+                    "--set", "lr_fake=1e30", "--set", "lr_generator=1e30", "--set", "batch_size=4", "--no-evaluate", "--out", out)
     assert result.exit_code == 2 and "diverged" in result.output
     assert not (out / "model_index.json").exists()
 

@@ -1,9 +1,11 @@
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import pytest
 
 from guardgen.errors import GuardgenError
-from guardgen.registry import Registry, configure
+from guardgen.registry import (NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Range, Registry, UnitFloat,
+                               check_settings, configure)
 
 
 @dataclass(kw_only=True)
@@ -48,3 +50,55 @@ def test_registry_create_checks_a_dataclass_settings():
     assert reg.create("s", steps=3).steps == 3
     with pytest.raises(GuardgenError, match="s: setting lr='x'"):
         reg.create("s", lr="x")
+
+
+@dataclass(kw_only=True)
+class _Bounded:
+    steps: PositiveInt = 10
+    warmup: NonNegInt = 0
+    lr: PositiveFloat = 1e-3
+    share: UnitFloat = 0.5
+    threshold: OpenUnitFloat = 0.5
+    folds: Annotated[int, Range(2)] = 2
+    limit: PositiveInt | None = None
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"steps": 0}, "setting steps=0: must be >= 1"),
+    ({"warmup": -1}, "setting warmup=-1: must be >= 0"),
+    ({"lr": 0}, "setting lr=0: must be > 0"),
+    ({"lr": float("nan")}, "setting lr=nan: must be > 0"),
+    ({"lr": float("inf")}, "setting lr=inf: must be > 0"),
+    ({"share": 1.5}, "setting share=1.5: must be in [0, 1]"),
+    ({"threshold": 1}, "setting threshold=1: must be in (0, 1)"),
+    ({"folds": 1}, "setting folds=1: must be >= 2"),
+    ({"limit": 0}, "setting limit=0: must be >= 1"),
+    ({"limit": "x"}, "setting limit='x': expected a whole number or null"),
+])
+def test_configure_refuses_values_out_of_range(settings, message):
+    with pytest.raises(GuardgenError) as err:
+        configure(_Bounded, settings, name="run")
+    assert str(err.value) == f"run: {message}"
+
+
+def test_ranges_take_their_edges_and_none():
+    s = configure(_Bounded, {"steps": 1, "warmup": 0, "lr": 1e-9, "share": 1, "threshold": 0.999, "folds": 2, "limit": None})
+    assert (s.steps, s.share, s.limit) == (1, 1.0, None)
+    assert configure(_Bounded, {"limit": 3}).limit == 3
+
+
+def test_check_settings_catches_an_object_built_directly():
+    check_settings(_Bounded())
+    with pytest.raises(GuardgenError, match=r"^sfd-like: setting share=-0.1: must be in \[0, 1\]$"):
+        check_settings(_Bounded(share=-0.1), name="sfd-like")
+
+
+def test_every_registered_method_and_zoo_config_keeps_its_own_ranges():
+    """The shipped defaults satisfy the declared ranges (a default out of its range would refuse every run)."""
+    import guardgen.zoo as zoo
+    from unlearn import UNLEARN
+
+    for name in UNLEARN.names():
+        check_settings(UNLEARN.get(name)(), name=name)
+    for name in zoo.zoo_names():
+        check_settings(zoo.config_class(name)(), name=name)

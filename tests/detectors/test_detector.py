@@ -143,7 +143,7 @@ def test_blur_jpeg_augmentation():
     c = tiny(epochs=1).fit(real, fake)
     pa, pb, pc = (d.predict_proba(real[:32]) for d in (a, b, c))
     assert torch.equal(pa, pb) and not torch.allclose(pa, pc)  # seeded, and the augmentation reaches training
-    with pytest.raises(GuardgenError, match="probability"):
+    with pytest.raises(GuardgenError, match=r"augment=1.5: must be in \[0, 1\]"):
         tiny(augment=1.5).fit(real, fake)
     with pytest.raises(GuardgenError, match="finetune"):
         tiny(augment=0.5, mode="linear_probe").fit(real, fake)

@@ -119,9 +119,9 @@ def test_sfd_oracle_override_picks_non_forgotten_classes(tiny_class_pipeline):
     assert seen and seen[0][-1] == 8  # 9 is masked out, so the oracle's pick is 8
 
 
-def test_sfd_nan_stops_with_a_clear_error(tiny_class_pipeline):
-    with pytest.raises(FloatingPointError, match="diverged"):
-        SFD(iterations=2, batch_size=4, device="cpu", alpha=float("nan"), t_init=40, t_min=4, t_max=70).fit(
+def test_sfd_divergence_stops_with_a_clear_error(tiny_class_pipeline):
+    with pytest.raises(FloatingPointError, match="diverged"):  # a learning rate far too high: the losses overflow
+        SFD(iterations=2, batch_size=4, device="cpu", lr_fake=1e30, lr_generator=1e30, t_init=40, t_min=4, t_max=70).fit(
             load_diffusion(tiny_class_pipeline), forget=[7], retain=[1], override=[1])
 
 
