@@ -12,13 +12,38 @@ import copy
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_indices", "cosine_lr", "step_generator", "train_diffusion", "write_model_card"]
+from guardgen.registry import NonNegInt, PositiveFloat, PositiveInt, UnitFloat
+
+__all__ = ["DiffusionTrainConfig", "batch_indices", "cosine_lr", "step_generator", "train_diffusion", "write_model_card"]
+
+
+@dataclass(kw_only=True)
+class DiffusionTrainConfig:
+    """The training settings every zoo diffusion model shares (:func:`train_diffusion` reads them); each model's
+    config adds its architecture and conditioning fields and may change a default."""
+
+    resolution: PositiveInt = 16
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: PositiveInt = 1
+    num_train_timesteps: PositiveInt = 1000
+    steps: PositiveInt = 4000
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
+    warmup: NonNegInt = 100
+    ema_decay: UnitFloat = 0.998
+    exclude: tuple[int, ...] = ()
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+    checkpoint_every: PositiveInt = 250
+    eval_samples_per_class: NonNegInt = 50
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:

@@ -17,33 +17,22 @@ from pathlib import Path
 
 from guardgen.checkpoint import save_json
 from guardgen.data import load_mnist
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveInt, UnitFloat
 from guardgen.utils import Callback, seed_everything
-from guardgen.zoo._loop import write_model_card
+from guardgen.zoo._loop import DiffusionTrainConfig, write_model_card
 
 __all__ = ["DDIMBConfig", "build_ddim_b", "ddim_b_unet"]
 
 
 @dataclass(kw_only=True)
-class DDIMBConfig:
-    resolution: PositiveInt = 16
+class DDIMBConfig(DiffusionTrainConfig):
     block_out_channels: tuple[int, ...] = (24, 48)
-    layers_per_block: PositiveInt = 1
-    num_train_timesteps: PositiveInt = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     steps: PositiveInt = 2000
-    batch_size: PositiveInt = 64
-    lr: PositiveFloat = 2e-3
-    warmup: NonNegInt = 100
     ema_decay: UnitFloat = 0.995
     label_dropout: UnitFloat = 0.1
     guidance_scale: NonNegFloat = 1.0
     sample_steps: PositiveInt = 20  # DDIM steps stored as the sampling default
-    exclude: tuple[int, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "no"
-    checkpoint_every: PositiveInt = 250
     eval_samples_per_class: NonNegInt = 30
 
 

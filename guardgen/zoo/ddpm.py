@@ -17,32 +17,17 @@ import torch
 
 from guardgen.checkpoint import save_json
 from guardgen.data import load_mnist
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat
+from guardgen.registry import NonNegFloat, UnitFloat
 from guardgen.utils import Callback, seed_everything
-from guardgen.zoo._loop import train_diffusion, write_model_card
+from guardgen.zoo._loop import DiffusionTrainConfig, train_diffusion, write_model_card
 
 __all__ = ["DDPMConfig", "build_ddpm", "evaluate_class_conditional", "train_class_conditional"]
 
 
 @dataclass(kw_only=True)
-class DDPMConfig:
-    resolution: PositiveInt = 16
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: PositiveInt = 1
-    num_train_timesteps: PositiveInt = 1000
-    steps: PositiveInt = 4000
-    batch_size: PositiveInt = 64
-    lr: PositiveFloat = 2e-3
-    warmup: NonNegInt = 100
-    ema_decay: UnitFloat = 0.998
+class DDPMConfig(DiffusionTrainConfig):
     label_dropout: UnitFloat = 0.1
     guidance_scale: NonNegFloat = 1.0  # sampling default stored with the model (CFG > 1 lowered oracle agreement here)
-    exclude: tuple[int, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "no"
-    checkpoint_every: PositiveInt = 250
-    eval_samples_per_class: NonNegInt = 50
 
 
 def train_class_conditional(unet, noise_scheduler, train, config, out: Path, *, resume: bool = False,

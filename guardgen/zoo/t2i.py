@@ -17,9 +17,9 @@ import torch
 
 from guardgen.checkpoint import load_safetensors, save_json, save_safetensors
 from guardgen.data import load_mnist
-from guardgen.registry import NonNegInt, PositiveFloat, PositiveInt, UnitFloat
+from guardgen.registry import UnitFloat
 from guardgen.utils import Callback, seed_everything
-from guardgen.zoo._loop import train_diffusion, write_model_card
+from guardgen.zoo._loop import DiffusionTrainConfig, train_diffusion, write_model_card
 
 __all__ = ["T2IConfig", "build_t2i", "digit_prompts", "WORDS"]
 
@@ -35,23 +35,8 @@ def digit_prompts(templates=TRAIN_TEMPLATES) -> dict[int, list[str]]:
 
 
 @dataclass(kw_only=True)
-class T2IConfig:
-    resolution: PositiveInt = 16
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: PositiveInt = 1
-    num_train_timesteps: PositiveInt = 1000
-    steps: PositiveInt = 4000
-    batch_size: PositiveInt = 64
-    lr: PositiveFloat = 2e-3
-    warmup: NonNegInt = 100
-    ema_decay: UnitFloat = 0.998
+class T2IConfig(DiffusionTrainConfig):
     prompt_dropout: UnitFloat = 0.1
-    exclude: tuple[int, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "no"
-    checkpoint_every: PositiveInt = 250
-    eval_samples_per_class: NonNegInt = 50
     embeddings_file: str = ""  # precomputed prompt embeddings (prompt_embeddings.safetensors) for machines without the encoder
 
 
