@@ -1,7 +1,7 @@
 """Benchmark near access-freeness (NAF) on the zoo: protected MNIST works, full vs shard models, CP-k; one run.
 
-    python bench/copyright.py                     # CPU, about 15 minutes on 2 shared cores
-    python bench/copyright.py --device cuda --tag h100 --steps 4000
+    python -m bench.copyright                     # CPU, about 15 minutes on 2 shared cores
+    python -m bench.copyright --device cuda --tag h100 --steps 4000
 
 1. Exact CP-Δ on categorical toys (random q1, q2 per prompt): the combiners against their closed forms
    (target: max error <= 1e-6), their guarantees, exact CP-k against its rejection sampler, and Monte-Carlo

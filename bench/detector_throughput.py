@@ -1,7 +1,7 @@
 """Detector training throughput (images/s) per backbone and precision, on synthetic images.
 
-    python bench/detector_throughput.py --device cuda --precision no --tag h200     # three backbones, fp32
-    python bench/detector_throughput.py --device cuda --precision bf16 --tag h200   # ... bf16, into the same file
+    python -m bench.detector_throughput --device cuda --precision no --tag h200     # three backbones, fp32
+    python -m bench.detector_throughput --device cuda --precision bf16 --tag h200   # ... bf16, into the same file
 
 Each entry is ``BACKBONE@SIZE``: the backbone is trained from scratch by ``Detector.fit`` (the real loop: augmentation
 off, autocast under ``--precision bf16``) on N 1-channel images of that size, N/2 real and N/2 fake. The first epoch
@@ -13,11 +13,10 @@ runs with the same tag are merged into bench/results/detector_throughput-TAG.jso
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-# `python bench/detector_throughput.py` puts bench/ first on sys.path, where bench/detectors.py shadows the package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if not __package__:  # as a file, bench/ comes first on sys.path and bench/detectors.py shadows the package
+    raise SystemExit("run it from the repository root as a module: python -m bench.detector_throughput")
 
 import torch  # noqa: E402
 

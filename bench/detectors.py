@@ -1,7 +1,7 @@
 """Benchmark AIGC detectors on the zoo: standard training vs OMAT, one run, same data and seeds.
 
-    python bench/detectors.py                                   # CPU, about 5 minutes on 2 idle cores
-    python bench/detectors.py --tag cpu-large --pool-size 256 --refresh-size 128 --omat-epochs 10 --pool-repeat 2
+    python -m bench.detectors                                   # CPU, about 5 minutes on 2 idle cores
+    python -m bench.detectors --tag cpu-large --pool-size 256 --refresh-size 128 --omat-epochs 10 --pool-repeat 2
                                                                 # a larger OMAT budget (about 3x longer)
 
 GPU training throughput (fp32 and bf16) comes from bench/detector_throughput.py (Detector.fit alone): H200 in
@@ -23,12 +23,11 @@ Writes bench/results/detectors-TAG.json after every stage and a markdown table (
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-# this script's name shadows the ``detectors`` package when run as a file: drop its folder from the path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if not __package__:  # as a file, bench/ comes first on sys.path and bench/detectors.py shadows the package
+    raise SystemExit("run it from the repository root as a module: python -m bench.detectors")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

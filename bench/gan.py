@@ -1,9 +1,9 @@
 """Benchmark the GAN methods on the zoo, one run, same seeds: Adapt-then-Unlearn and open-world attribution.
 
-    python bench/gan.py                                   # both parts, CPU
-    python bench/gan.py --parts attribution --tag quick
-    python bench/gan.py --parts attribution --ood wta --tag wta   # the paper's WTA hash instead of the PU scorer
-    python bench/gan.py --parts attribution --seen real mnist-gan mnist-gan-dcgan-s1 mnist-gan-upsample \
+    python -m bench.gan                                   # both parts, CPU
+    python -m bench.gan --parts attribution --tag quick
+    python -m bench.gan --parts attribution --ood wta --tag wta   # the paper's WTA hash instead of the PU scorer
+    python -m bench.gan --parts attribution --seen real mnist-gan mnist-gan-dcgan-s1 mnist-gan-upsample \
         --unseen mnist-gan-resnet mnist-gan-resnet-s1 mnist-gan-upsample-s1 --tag unseen-resnet
 
 Part unlearn: zoo:mnist-gan, forget --forget-class (default 7) with the zoo oracle as the classifier.
@@ -26,12 +26,11 @@ Writes bench/results/gan[-TAG].json after every step and bench/results/gan[-TAG]
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-# `python bench/gan.py` puts bench/ first on sys.path, where bench/detectors.py would shadow the detectors package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if not __package__:  # as a file, bench/ comes first on sys.path and bench/detectors.py shadows the package
+    raise SystemExit("run it from the repository root as a module: python -m bench.gan")
 
 import numpy as np
 import torch

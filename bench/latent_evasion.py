@@ -1,7 +1,7 @@
 """Benchmark latent-space evasion of forensic detectors on the zoo: white-box, transfer (single / ensemble / meta), OMAT.
 
-    python bench/latent_evasion.py                              # CPU, about 8 minutes on 2 idle cores
-    python bench/latent_evasion.py --tag cpu-rotate --rotate --stages transfer --reuse   # every detector held out (~20 min)
+    python -m bench.latent_evasion                              # CPU, about 8 minutes on 2 idle cores
+    python -m bench.latent_evasion --tag cpu-rotate --rotate --stages transfer --reuse   # every detector held out (~20 min)
 
 Detectors: five backbones of different families (guardgen_digitnet, timm test_resnet, test_convnext at 32 px:
 the 16 px images are resized for it, test_efficientnet, test_nfnet), each trained through ``guardgen detect train``
@@ -27,12 +27,11 @@ Writes bench/results/latent_evasion-TAG.json (after every stage) and a markdown 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-# bench/detectors.py would shadow the ``detectors`` package: drop this script's folder from the path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if not __package__:  # as a file, bench/ comes first on sys.path and bench/detectors.py shadows the package
+    raise SystemExit("run it from the repository root as a module: python -m bench.latent_evasion")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,7 +1,7 @@
 """Benchmark data redaction on zoo:mnist-t2i: redact every phrasing of one digit towards another, one run.
 
-    python bench/redaction.py                       # CPU, about 30 minutes on 2 cores (guidance doubles sampling)
-    python bench/redaction.py --device cuda --tag h100
+    python -m bench.redaction                       # CPU, about 30 minutes on 2 cores (guidance doubles sampling)
+    python -m bench.redaction --device cuda --tag h100
 
 Variants of the distilled sentence encoder: full with a fixed reference prompt, and full / last_layers / lora
 with keyword rules (the digit's word and numeral replaced by the reference's). Scored by the zoo oracle on

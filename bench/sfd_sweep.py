@@ -1,8 +1,8 @@
 """How SFD's quality grows with iterations, for a few hyperparameter settings (zoo:mnist-ddpm or zoo:mnist-t2i,
 forget 7 -> 1).
 
-    python bench/sfd_sweep.py --device cuda --grid '{"lr": [1e-4, 3e-4], "ema_halflife": [0, 100]}' --eval-at 100 200 300
-    python bench/sfd_sweep.py --model t2i --grid '{"forget_share": [0.125, 0.25]}' --eval-at 250 350 --tag cpu-t2i
+    python -m bench.sfd_sweep --device cuda --grid '{"lr": [1e-4, 3e-4], "ema_halflife": [0, 100]}' --eval-at 100 200 300
+    python -m bench.sfd_sweep --model t2i --grid '{"forget_share": [0.125, 0.25]}' --eval-at 250 350 --tag cpu-t2i
 
 Each setting is one SFD run; at each ``--eval-at`` iteration the live (EMA) one-step generator is scored by the
 zoo oracle (forget rate, retained accuracy, FD on retained classes vs real test digits, recall; with

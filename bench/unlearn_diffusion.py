@@ -1,7 +1,7 @@
 """Benchmark concept unlearning on the zoo: SFD beside ESD, gradient ascent and retraining, one run, same seeds.
 
-    python bench/unlearn_diffusion.py                      # both zoo models, CPU (about an hour on 2 cores)
-    python bench/unlearn_diffusion.py --models ddpm --device cuda --mixed-precision bf16 --batch-size 128 --tag h100
+    python -m bench.unlearn_diffusion                      # both zoo models, CPU (about an hour on 2 cores)
+    python -m bench.unlearn_diffusion --models ddpm --device cuda --mixed-precision bf16 --batch-size 128 --tag h100
 
 Part ddpm: zoo:mnist-ddpm, forget class --forget-class (default 7) -> --override-class (default 1).
 Part t2i: zoo:mnist-t2i, forget "a handwritten digit <word>" (and its other training phrasings) ->

@@ -1,6 +1,6 @@
 """Benchmark worst-case forget sets (Fan et al., ECCV 2024) against random ones, on the zoo, one run.
 
-    python bench/worst_case.py       # CPU: about 30 minutes on 2 idle cores
+    python -m bench.worst_case       # CPU: about 30 minutes on 2 idle cores
 
 Part 1 (classifiers): the zoo oracle architecture (guardgen_digitnet, width 32) trained on MNIST train (4,000
 images, 16x16) until it fits its training set, as the papers' models do: 20 epochs, no augmentation, no label

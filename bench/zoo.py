@@ -1,8 +1,8 @@
 """Benchmark the zoo: build time on this machine, parameter count, quality; 1 vs 2 process training.
 
-    python bench/zoo.py                     # everything (the DDPM build takes ~20-40 min on 2 CPU cores)
-    python bench/zoo.py --ddpm-build shipped  # DDPM build time from the shipped model's build record
-    python bench/zoo.py --device cuda --mixed-precision bf16   # on a GPU
+    python -m bench.zoo                     # everything (the DDPM build takes ~20-40 min on 2 CPU cores)
+    python -m bench.zoo --ddpm-build shipped  # DDPM build time from the shipped model's build record
+    python -m bench.zoo --device cuda --mixed-precision bf16   # on a GPU
 
 Writes bench/results/zoo[-TAG].json and prints a markdown table.
 """
