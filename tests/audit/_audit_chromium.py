@@ -104,7 +104,8 @@ def render(html: Path, screenshot: Path, *, browser: str, selectors_js: str, wid
     proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                              "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={profile}",
                              f"--window-size={width},900", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ws = None
     try:
         port = None
         deadline = time.time() + 30
@@ -115,7 +116,8 @@ def render(html: Path, screenshot: Path, *, browser: str, selectors_js: str, wid
             time.sleep(0.1)
         if port is None:
             raise RuntimeError("chromium did not open its DevTools port")
-        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+            pages = json.loads(response.read())
         ws = _WebSocket(next(p for p in pages if p.get("type") == "page")["webSocketDebuggerUrl"])
         counter, errors = [0], []
 
@@ -146,6 +148,8 @@ def render(html: Path, screenshot: Path, *, browser: str, selectors_js: str, wid
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         return {"errors": errors, "check": check}
     finally:
+        if ws is not None:
+            ws.sock.close()
         proc.terminate()
         try:
             proc.wait(timeout=10)
