@@ -13,6 +13,8 @@ resized, with a note (:meth:`Detector.check_input`); with ``resize="none"`` they
 from __future__ import annotations
 
 import copy
+import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from torch import nn
 
 from detectors import DETECTORS
 from detectors.evaluate import perturb
+from guardgen.checkpoint import load_training_state, save_training_state
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
@@ -105,6 +108,9 @@ class Detector:
     jpeg_quality: tuple[int, int] = (30, 100)
     threshold: OpenUnitFloat = 0.5  # p_fake above it -> fake
     warm_start: bool = False  # fit() continues from the current weights (used by OMAT)
+    checkpoint_every: PositiveInt = 500  # steps between training states written to fit's state_dir (and at each epoch's end)
+    log_every: PositiveInt = 10  # steps between reads of the loss from the device (one host sync each, as nanoGPT's
+    # log_interval): the finiteness check, the history and the callbacks catch up then, step by step
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -147,11 +153,15 @@ class Detector:
 
     # ------------------------------------------------------------------ train
 
-    def fit(self, real: torch.Tensor, fake: torch.Tensor, *, callback: Callback | None = None) -> "Detector":
+    def fit(self, real: torch.Tensor, fake: torch.Tensor, *, callback: Callback | None = None,
+            state_dir: str | Path | None = None, resume: bool = False) -> "Detector":
         """Train on real (N_r, C, H, W) and fake (N_f, C, H, W) images in [0, 1]; returns self.
 
         Classes are balanced by weighting the fake term by N_r / N_f. ``train_images_per_second_`` is the
-        training throughput.
+        training throughput. With ``state_dir``, the training state (weights, optimiser, schedule, random
+        state, position in the epoch) is written there every ``checkpoint_every`` steps and at each epoch's
+        end, and removed when training ends; ``resume=True`` continues from it, step for step as an
+        uninterrupted run (the same data and settings, and the detector as it was when that fit began).
         """
         self._validate_params()
         real, fake = _as_images(real, "real"), _as_images(fake, "fake")
@@ -195,31 +205,75 @@ class Detector:
             head = raw.net.get_classifier()
 
         g = torch.Generator().manual_seed(self.seed + 17 * len(self.history_))
-        seen, t0, step = 0, time.perf_counter(), 0
-        for epoch in range(self.epochs):
-            perm = torch.randperm(len(x), generator=g)
+        seen, step, elapsed, start_epoch, start_batch, epoch_rng = 0, 0, 0.0, 0, 0, None
+        state_dir = None if state_dir is None else Path(state_dir)
+        if state_dir is not None and resume and (state_dir / "state.json").is_file():
+            step, extra = _resume_from(state_dir, modules={"detector": raw}, optimizers={"detector": opt}, generator=g)
+            if sched is not None:
+                sched.load_state_dict(extra["schedule"])
+            self.history_, seen, elapsed = extra["history"], extra["seen"], extra["seconds"]
+            start_epoch, start_batch = extra["epoch"], extra["batch"]
+            epoch_rng = None if extra["epoch_rng"] is None else torch.tensor(extra["epoch_rng"], dtype=torch.uint8)
+        elif state_dir is not None and state_dir.exists():
+            shutil.rmtree(state_dir)
+        t0 = time.perf_counter() - elapsed
+        pending: list = []  # (epoch, lr, loss on the device) not yet read back
+
+        def flush() -> None:
+            """Read the pending losses back in one sync; check them, then log them step by step."""
+            nonlocal step
+            if not pending:
+                return
+            losses = torch.stack([loss for _, _, loss in pending]).tolist()
+            for (epoch, lr, _), loss in zip(pending, losses):
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"detector loss is not finite at epoch {epoch}; lower lr")
+                step += 1
+                logs = {"epoch": epoch, "loss": loss, "lr": lr}
+                self.history_.append({"step": len(self.history_) + 1, **logs})
+                if callback is not None:
+                    callback(step, {"total": total, **logs})
+            pending.clear()
+
+        def checkpoint(epoch: int, batch: int) -> None:
+            """The state after ``batch`` batches of ``epoch``; the epoch's order is re-drawn from ``epoch_rng`` on resume."""
+            flush()
+            if batch == steps_per_epoch:
+                epoch, batch = epoch + 1, 0
+            save_training_state(state_dir, step=step, modules={"detector": raw}, optimizers={"detector": opt}, generator=g,
+                                extra={"epoch": epoch, "batch": batch, "epoch_rng": epoch_rng.tolist() if batch else None,
+                                       "schedule": None if sched is None else sched.state_dict(), "history": self.history_,
+                                       "seen": seen, "seconds": time.perf_counter() - t0})
+
+        for epoch in range(start_epoch, self.epochs):
+            if epoch == start_epoch and start_batch:  # resumed mid-epoch: the same order; g is already where it stopped
+                perm = torch.randperm(len(x), generator=torch.Generator().set_state(epoch_rng))
+            else:
+                epoch_rng = g.get_state()
+                perm = torch.randperm(len(x), generator=g)
             if not linear:
                 module.train()
-            for i in range(0, len(x), self.batch_size):
-                idx = perm[i:i + self.batch_size]
+            for batch in range(start_batch if epoch == start_epoch else 0, steps_per_epoch):
+                idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size]
                 yb = y[idx].to(acc.device)
                 xb = None if linear else _augment(x[idx], self.augment, self.blur_sigma, self.jpeg_quality, g)
                 with acc.autocast():
                     logits = head(feats[idx]).reshape(-1) if linear else module(xb.to(acc.device))
                 loss = F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight.to(acc.device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"detector loss is not finite at epoch {epoch + 1}; lower lr")
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
-                logs = {"epoch": epoch + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]}  # the lr of this step
+                pending.append((epoch + 1, opt.param_groups[0]["lr"], loss.detach()))  # the lr of this step
                 opt.step()
                 if sched is not None:
                     sched.step()
                 seen += len(idx)
-                step += 1
-                self.history_.append({"step": len(self.history_) + 1, **logs})
-                if callback is not None:
-                    callback(step, {"total": total, **logs})
+                if len(pending) >= self.log_every:
+                    flush()
+                if state_dir is not None and ((step + len(pending)) % self.checkpoint_every == 0 or batch + 1 == steps_per_epoch):
+                    checkpoint(epoch, batch + 1)
+        flush()
+        if state_dir is not None and state_dir.exists():
+            shutil.rmtree(state_dir)
         seconds = time.perf_counter() - t0
         self.module_ = acc.unwrap_model(module).eval().requires_grad_(False).cpu()
         self.train_seconds_ = seconds
@@ -335,9 +389,42 @@ class Detector:
         det.config_ = config
         return det
 
+    def save_state(self, folder: str | Path, extra: dict | None = None) -> Path:
+        """The fitted detector exactly, its training history included, for a run that resumes after it (OMAT's
+        rounds, ``detect train --resume``); ``save_pretrained`` is the deliverable. ``extra``: the caller's own JSON."""
+        self._fitted()
+        fitted = {k: getattr(self, k, None) for k in _FITTED}
+        return save_training_state(folder, step=len(self.history_), modules={"detector": self.module_},
+                                   extra={"history": self.history_, "fitted": fitted, "caller": extra or {}})
+
+    def load_state(self, folder: str | Path, images: torch.Tensor) -> dict:
+        """Restore what :meth:`save_state` wrote, for a detector built with the same settings and training
+        ``images`` (N, C, H, W) (they fix the input size); returns the caller's ``extra``."""
+        if not hasattr(self, "module_"):
+            self._build(_as_images(images, "images"))
+        _, extra = _resume_from(folder, modules={"detector": self.module_})
+        self.module_.eval().requires_grad_(False)  # as fit leaves it
+        self.history_ = extra["history"]
+        for k, v in extra["fitted"].items():
+            setattr(self, k, v)
+        return extra["caller"]
+
     def clone(self) -> "Detector":
         """A deep copy (weights included)."""
         return copy.deepcopy(self)
+
+
+_FITTED = ("source_size_", "train_seconds_", "train_images_per_second_", "device_")
+
+
+def _resume_from(folder: Path, **kw) -> tuple[int, dict]:
+    """``load_training_state``, with a state written for other settings (another backbone or width) as one line."""
+    try:
+        return load_training_state(folder, **kw)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+        raise GuardgenError(f"{folder}: the saved training state does not fit this detector's settings ({first}); "
+                            "resume with the settings of the interrupted run, or start again without --resume") from None
 
 
 def _augment(x: torch.Tensor, p: float, sigma: tuple, quality: tuple, g: torch.Generator) -> torch.Tensor:
@@ -363,17 +450,28 @@ def _as_images(images, what: str) -> torch.Tensor:
 
 
 def _create_backbone(name: str, model_args: dict, input_size: int, in_chans: int) -> nn.Module:
+    """timm's model at ``input_size`` where it takes ``img_size`` (ViTs and other fixed-size models), else as it is.
+
+    A model arg the backbone does not take, or a value it cannot build with (``width=-1``, ``patch_size=0``,
+    a string for a number), is a one-line error naming the args; without model args a failure is a bug and raises.
+    """
     from guardgen.models.classifier import create_classifier
 
     args = {"num_classes": 1, "in_chans": in_chans, **(model_args or {})}
     try:
-        return create_classifier(name, img_size=input_size, **args)  # ViTs and other fixed-size models
-    except TypeError:
-        pass
-    try:
+        try:
+            return create_classifier(name, img_size=input_size, **args)
+        except TypeError as err:
+            if "'img_size'" not in str(err):
+                raise
         return create_classifier(name, **args)
-    except TypeError as err:  # a --model-arg the backbone does not take
-        raise GuardgenError(f"backbone {name!r} does not take model args {sorted(model_args or {})}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, ArithmeticError, AssertionError) as err:
+        if not model_args:
+            raise
+        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+        if isinstance(err, TypeError) and "unexpected keyword" in first:
+            raise GuardgenError(f"backbone {name!r} does not take model args {sorted(model_args)}: {first}") from None
+        raise GuardgenError(f"backbone {name!r} cannot be built with model args {model_args}: {first}") from None
 
 
 def _check_runs_at(net: nn.Module, name: str, size: int, in_chans: int) -> None:

@@ -22,6 +22,7 @@ splits its images evenly over the sources (the diffusion pipeline first, then ea
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from attacks.latent_evasion import LatentEvasion
 from attacks.on_manifold import OnManifoldAttack
 from detectors import DETECTORS
 from detectors.detector import Detector
+from guardgen.checkpoint import load_safetensors, save_safetensors
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveInt, check_settings
 from guardgen.utils import Callback
@@ -97,11 +99,15 @@ class OMAT:
         return torch.cat(out) if out else torch.empty(0, *_detector_shape(detector))
 
     def fit(self, real: torch.Tensor, fake: torch.Tensor, *, pipe=None, gans=(), base: Detector | None = None,
-            callback: Callback | None = None) -> "OMAT":
+            callback: Callback | None = None, state_dir: str | Path | None = None, resume: bool = False) -> "OMAT":
         """real, fake: (N, C, H, W) in [0, 1]; ``pipe`` the diffusers pipeline that made ``fake`` (its z_T is attacked);
         ``gans``: GAN generators whose latent spaces are attacked as well (``attacks.latent_evasion``).
 
         ``base`` is a trained standard detector to start from (else one is trained with ``detector``).
+        With ``state_dir``, the pool and the detector are saved there after the offline pool and after each
+        round (a round's own training state as well, every ``checkpoint_every`` steps of the detector), and
+        removed at the end; ``resume=True`` continues from them as an uninterrupted run would (the same data,
+        generators, settings and base). A refresh attack cut short is made again, from its own seed.
         """
         self._validate_params()
         from attacks.latent_spaces import latent_space
@@ -112,28 +118,57 @@ class OMAT:
             _needs_diffusion(pipe)
         sources = ([("pipe", pipe)] if pipe is not None else []) + [(f"gan {i}", latent_space(g)) for i, g in enumerate(gans)]
         self.attack_log_, t0 = [], time.perf_counter()
+        state_dir = None if state_dir is None else Path(state_dir)
+        if state_dir is not None and not resume and state_dir.exists():
+            shutil.rmtree(state_dir)
         if base is None:
-            base = Detector(**{**self.detector, "seed": self.seed}).fit(real, fake, callback=_stage(callback, "base"))
+            base = Detector(**{**self.detector, "seed": self.seed})
+            if resume and state_dir is not None and (state_dir / "base" / "state.json").is_file():
+                base.load_state(state_dir / "base", real)
+            else:
+                base.fit(real, fake, callback=_stage(callback, "base"), resume=resume,
+                         state_dir=None if state_dir is None else state_dir / "base-fit")
+                if state_dir is not None:
+                    base.save_state(state_dir / "base")
         self.base_ = base
-        pool = self._attack(sources, base, self.pool_size, self.seed + 1_000, callback, "offline pool")
         det = base.clone()
         det.warm_start = True
         det.lr = self.lr or det.lr / 4
         det.epochs = self.refresh_every or self.epochs
         done, round_ = 0, 0
+
+        def save_round() -> None:  # the pool first: a state never names more pool than is on disk
+            save_safetensors({"pool": pool}, state_dir / "pool.safetensors")
+            det.save_state(state_dir / "round", extra={"done": done, "round": round_, "pool": len(pool), "attack_log": self.attack_log_,
+                                                        "seconds": time.perf_counter() - t0})
+
+        if resume and state_dir is not None and (state_dir / "round" / "state.json").is_file():
+            extra = det.load_state(state_dir / "round", real)
+            done, round_, self.attack_log_ = extra["done"], extra["round"], extra["attack_log"]
+            t0 -= extra["seconds"]  # train_seconds_ counts the time before the interruption too
+            pool = load_safetensors(state_dir / "pool.safetensors")["pool"][: extra["pool"]]
+        else:
+            pool = self._attack(sources, base, self.pool_size, self.seed + 1_000, callback, "offline pool")
+            if state_dir is not None:
+                save_round()
         while done < self.epochs:
             if round_ > 0 and self.refresh_size > 0:
                 new = self._attack(sources, det, self.refresh_size, self.seed + 2_000 + round_, callback, f"refresh {round_}")
                 pool = torch.cat([pool, new])
             det.epochs = min(det.epochs, self.epochs - done)
             fakes = torch.cat([fake] + [pool] * self.pool_repeat) if len(pool) else fake
-            det.fit(real, fakes, callback=_stage(callback, f"train round {round_ + 1}"))
+            det.fit(real, fakes, callback=_stage(callback, f"train round {round_ + 1}"), resume=resume,
+                    state_dir=None if state_dir is None else state_dir / "round-fit")
             done += det.epochs
             round_ += 1
+            if state_dir is not None:
+                save_round()
         det.warm_start, det.lr = False, base.lr
         self.pool_ = pool
         self.detector_ = det
         self.train_seconds_ = time.perf_counter() - t0
+        if state_dir is not None and state_dir.exists():
+            shutil.rmtree(state_dir)
         return self
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:

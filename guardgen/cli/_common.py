@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -46,8 +47,11 @@ def guarded(fn: Callable) -> Callable:
         except FloatingPointError as err:
             fail(f"training diverged: {err}")
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: finished files are kept; rerun with --resume to continue")
+            hint = "; rerun with --resume to continue" if resumable else ""
+            err_console.print(f"[yellow]interrupted[/]: finished files are kept{hint}")
             raise typer.Exit(130)
+
+    resumable = "resume" in inspect.signature(fn).parameters
 
     return wrapper
 

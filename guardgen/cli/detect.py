@@ -148,8 +148,12 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out (its training_state/): "
+                                         "the same command again, with --resume.", rich_help_panel=P_OUT)] = False,
 ) -> None:
     """Train a real-vs-generated detector (optionally with OMAT) and save it as a folder."""
+    import shutil
+
     import torch
 
     from detectors.detector import Detector
@@ -174,8 +178,18 @@ def train(
                   mixed_precision=mixed_precision, augment=augment, blur_sigma=(0.0, blur_max))
     console.print(f"training a [bold]{backbone}[/] detector ({mode}) on {len(real_tr)} real / {len(fake_tr)} fake images"
                   + (" with OMAT" if omat else "") + f" -> {out}")
-    with progress_callback("detector", keys=("loss",)) as cb:
-        det = Detector(**params).fit(real_tr, fake_tr, callback=cb)
+    state = out / "training_state"  # the interrupted run's state; the finished detector replaces the folder
+    if not resume and state.exists():
+        shutil.rmtree(state)
+    det = Detector(**params)
+    if resume and (state / "base" / "state.json").is_file():  # the base detector of an OMAT run had finished
+        det.load_state(state / "base", real_tr)
+        console.print("resuming: the base detector had finished")
+    else:
+        with progress_callback("detector", keys=("loss",)) as cb:
+            det.fit(real_tr, fake_tr, callback=cb, state_dir=state / "detector", resume=resume)
+        if omat:
+            det.save_state(state / "base")
     runner = None
     if omat:
         gen_spec = generator or fake[0]
@@ -194,7 +208,8 @@ def train(
                       attack={"steps": attack_steps, "lr": attack_lr, "num_inference_steps": sample_steps},
                       latent_attack={"steps": attack_steps, "lr": attack_lr})
         with progress_callback("omat", keys=("loss", "success_rate")) as cb:
-            runner.fit(real_tr, fake_tr, pipe=gen[1] if gen[0] == "pipeline" else None, gans=gans, base=det, callback=cb)
+            runner.fit(real_tr, fake_tr, pipe=gen[1] if gen[0] == "pipeline" else None, gans=gans, base=det, callback=cb,
+                       state_dir=state / "omat", resume=resume)
         final = runner.detector_
     else:
         final = det

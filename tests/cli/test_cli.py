@@ -102,3 +102,24 @@ def test_a_path_the_system_refuses_is_one_line(tmp_path):
     result = invoke("zoo", "show", "mnist-ddpm", "--per-class", 1, "--steps", 2, "--out", tmp_path / "file" / "run")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{tmp_path / 'file'}" in " ".join(result.output.split()), result.output
+
+
+def test_ctrl_c_hints_at_resume_only_where_the_command_has_it(capsys):
+    import typer
+
+    from guardgen.cli._common import guarded
+
+    @guarded
+    def resumable(resume: bool = False):
+        raise KeyboardInterrupt
+
+    @guarded
+    def one_shot(n: int = 1):
+        raise KeyboardInterrupt
+
+    for fn, hint in ((resumable, True), (one_shot, False)):
+        with pytest.raises(typer.Exit) as exit_info:
+            fn()
+        assert exit_info.value.exit_code == 130
+        err = " ".join(capsys.readouterr().err.split())
+        assert "interrupted: finished files are kept" in err and ("--resume" in err) == hint

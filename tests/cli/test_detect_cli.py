@@ -86,6 +86,9 @@ def test_bad_inputs_exit_2(folders):
     result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--augment", 2,
                     "--out", folders / "d4", *TINY)
     assert result.exit_code == 2 and "Invalid value for '--augment'" in text(result)
+    result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--out", folders / "d5",
+                    *TINY, "--model-arg", "width=-1")  # a value the backbone cannot be built with: one line, no traceback
+    assert result.exit_code == 2 and "cannot be built with model args {'width': -1}" in text(result)
     result = invoke("detect", "attack", "--detector", det, "--generator", "zoo:mnist-oracle")
     assert result.exit_code == 2 and "not a generator" in text(result)
     # the detector's preprocessing refuses 16x16 input (trained at 8x8 with --resize none)
@@ -93,3 +96,39 @@ def test_bad_inputs_exit_2(folders):
     assert result.exit_code == 2 and "expects 8x8" in text(result)
     assert invoke("detect", "eval", "--detector", folders / "nothing", "--fake", data).exit_code == 2
     assert invoke("detect", "score", folders / "missing.png", "--detector", det).exit_code == 2
+
+
+def test_an_interrupted_omat_run_resumes_with_resume(folders, tiny_class_pipeline, monkeypatch):
+    """Ctrl-C during OMAT's refresh attack: exit 130 with the hint; --resume finishes it without training the base
+    detector again, to the same detector as an uninterrupted run."""
+    from detectors.detector import Detector
+    from detectors.omat import OMAT
+    from guardgen.checkpoint import load_safetensors
+
+    data = folders / "data"
+    args = ["detect", "train", "--real", data, "--fake", tiny_class_pipeline, "--n", 12, "--resolution", 8,
+            "--sample-steps", 2, "--omat", "--pool-size", 2, "--refresh-every", 1, "--refresh-size", 2, "--omat-epochs", 2,
+            "--attack-steps", 1, *TINY]
+    assert invoke(*args, "--out", folders / "ref").exit_code == 0
+    attack, calls = OMAT._attack, []
+
+    def interrupted(self, *a, **kw):
+        calls.append(a[-1])  # the stage
+        if a[-1] == "refresh 1" and calls.count("refresh 1") == 1:
+            raise KeyboardInterrupt
+        return attack(self, *a, **kw)
+
+    monkeypatch.setattr(OMAT, "_attack", interrupted)
+    result = invoke(*args, "--out", folders / "run")
+    assert result.exit_code == 130 and "rerun with --resume" in text(result)
+    assert (folders / "run" / "training_state" / "omat" / "round" / "state.json").is_file()
+    fits = []
+    fit = Detector.fit
+    monkeypatch.setattr(Detector, "fit", lambda self, *a, **kw: fits.append(1) or fit(self, *a, **kw))
+    result = invoke(*args, "--out", folders / "run", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "the base detector had finished" in text(result) and len(fits) == 1  # round 2 only
+    assert calls == ["offline pool", "refresh 1", "refresh 1"]
+    assert not (folders / "run" / "training_state").exists()
+    ref, run = load_safetensors(folders / "ref" / "model.safetensors"), load_safetensors(folders / "run" / "model.safetensors")
+    assert all(torch.allclose(ref[k], run[k], atol=1e-6) for k in ref)

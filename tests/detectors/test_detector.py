@@ -50,6 +50,65 @@ def test_lr_schedule(schedule):
         assert all(lr == pytest.approx(3e-3) for lr in lrs)
 
 
+@pytest.mark.parametrize("mode", ["finetune", "linear_probe"])
+def test_losses_read_back_every_few_steps_are_logged_step_by_step(mode):
+    """log_every only batches the host syncs: each step is logged once, in order, and training is unchanged."""
+    real, fake = planted(40, 0)  # 80 images at batch 16: 5 steps an epoch, 10 in all, flushed at 4, 8 and the end
+    seen = []
+    det = tiny(epochs=2, mode=mode, log_every=4).fit(real, fake, callback=lambda step, logs: seen.append((step, logs)))
+    ref = tiny(epochs=2, mode=mode, log_every=1).fit(real, fake)
+    assert [s for s, _ in seen] == list(range(1, 11))
+    assert [h["step"] for h in det.history_] == list(range(1, 11))
+    assert [logs["epoch"] for _, logs in seen] == [1] * 5 + [2] * 5
+    assert [h["loss"] for h in det.history_] == pytest.approx([h["loss"] for h in ref.history_])
+    assert torch.equal(det.predict_proba(real), ref.predict_proba(real))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(n):
+    def callback(step, logs):
+        if step == n:
+            raise Interrupt
+    return callback
+
+
+@pytest.mark.parametrize("mode,augment,stop", [("finetune", 0.5, 7), ("finetune", 0.0, 5), ("linear_probe", 0.0, 8)])
+def test_an_interrupted_fit_resumes_step_for_step(tmp_path, mode, augment, stop):
+    """Stopped mid-epoch (7, 8) or at an epoch's end (5 steps an epoch), then resumed: the same as one run."""
+    real, fake = planted(40, 0)
+    kw = dict(epochs=3, mode=mode, augment=augment, blur_sigma=(0.0, 1.0), checkpoint_every=2, log_every=3)
+    ref = tiny(**kw).fit(real, fake)
+    state = tmp_path / "state"
+    with pytest.raises(Interrupt):
+        tiny(**kw).fit(real, fake, state_dir=state, callback=interrupt_at(stop))
+    assert (state / "state.json").is_file()
+    steps = []
+    det = tiny(**kw).fit(real, fake, state_dir=state, resume=True, callback=lambda step, logs: steps.append(step))
+    assert steps[0] > 1 and steps[-1] == 15  # it did not start over
+    assert [h["loss"] for h in det.history_] == pytest.approx([h["loss"] for h in ref.history_], rel=1e-5)
+    assert torch.allclose(det.predict_proba(real), ref.predict_proba(real), atol=1e-6)
+    assert not state.exists()  # removed once training ended
+
+
+def test_without_resume_an_old_state_is_not_used(tmp_path):
+    real, fake = planted(40, 0)
+    state = tmp_path / "state"
+    with pytest.raises(Interrupt):
+        tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=interrupt_at(6))
+    steps = []
+    tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=lambda step, logs: steps.append(step))
+    assert steps == list(range(1, 11))
+
+
+def test_divergence_stops_with_a_clear_error():
+    real, fake = planted(32, 0)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        tiny(epochs=3, lr=1e30, log_every=3).fit(real, fake)
+
+
 def test_linear_probe_trains_only_the_head():
     real, fake = planted(64, 0)
     det = tiny(epochs=0).fit(real, fake)
@@ -156,3 +215,25 @@ def test_a_model_arg_the_backbone_does_not_take_is_one_line(backbone):
     real, fake = planted(8, 0)
     with pytest.raises(GuardgenError, match=f"backbone '{backbone}' does not take model args \\['bogus'\\]"):
         Detector(backbone=backbone, model_args={"bogus": 1}, epochs=1, batch_size=8, device="cpu").fit(real, fake)
+
+
+@pytest.mark.parametrize("backbone,args", [
+    ("guardgen_digitnet", {"width": -1}),  # torch: negative dimension
+    ("guardgen_digitnet", {"width": "abc"}),  # a string where a number goes
+    ("guardgen_digitnet", {"drop_rate": "x"}),
+    ("vit_tiny_patch16_224", {"patch_size": 0}),  # ZeroDivisionError inside timm
+    ("vit_tiny_patch16_224", {"embed_dim": 7}),  # timm's assertion: not divisible by the heads
+])
+def test_a_model_arg_value_the_backbone_cannot_build_with_is_one_line(backbone, args):
+    real, fake = planted(8, 0)
+    with pytest.raises(GuardgenError, match=f"backbone '{backbone}' cannot be built with model args"):
+        Detector(backbone=backbone, model_args=args, epochs=0, input_size=32, device="cpu").fit(real, fake)
+
+
+def test_resuming_with_other_settings_is_one_line(tmp_path):
+    real, fake = planted(40, 0)
+    state = tmp_path / "state"
+    with pytest.raises(Interrupt):
+        tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=interrupt_at(6))
+    with pytest.raises(GuardgenError, match="does not fit this detector's settings"):
+        tiny(epochs=2, model_args={"width": 16}).fit(real, fake, state_dir=state, resume=True)

@@ -39,3 +39,43 @@ def test_omat_mixes_pool_into_fakes(tiny_class_pipeline, monkeypatch):
 def test_omat_needs_a_diffusion_latent():
     with pytest.raises(GuardgenError, match="no diffusion latent"):
         OMAT().fit(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), pipe=torch.nn.Linear(2, 2))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_stage,stop_step", [("base", 2), ("train round 1", 1), ("train round 2", 3)])
+def test_an_interrupted_omat_run_resumes_as_one_run(tiny_class_pipeline, tmp_path, stop_stage, stop_step):
+    """Cut short while training the base, in round 1 (after the offline pool) or mid round 2 (after a refresh),
+    then resumed: pool, attack log, history and detector as one uninterrupted run, and the state is removed."""
+    from guardgen.models import load_model
+
+    pipe = load_model(str(tiny_class_pipeline))
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(16, 1, 8, 8, generator=g), torch.rand(16, 1, 8, 8, generator=g)
+
+    def make():
+        return OMAT(detector={"backbone": "guardgen_digitnet", "model_args": {"width": 4}, "epochs": 2, "batch_size": 8,
+                              "device": "cpu", "checkpoint_every": 1},
+                    attack={"steps": 1, "num_inference_steps": 2}, pool_size=4, refresh_every=1, refresh_size=2, epochs=2)
+
+    ref = make().fit(real, fake, pipe=pipe)
+
+    def stop(step, logs):
+        if logs.get("stage") == stop_stage and step == stop_step and "loss" in logs:
+            raise Interrupt
+
+    state = tmp_path / "omat-state"
+    with pytest.raises(Interrupt):
+        make().fit(real, fake, pipe=pipe, state_dir=state, callback=stop)
+    stages = []
+    run = make().fit(real, fake, pipe=pipe, state_dir=state, resume=True,
+                     callback=lambda step, logs: stages.append(logs.get("stage")))
+    if stop_stage != "base":
+        assert "base" not in stages and "offline pool" not in stages  # neither is done again
+    assert torch.equal(run.pool_, ref.pool_)
+    assert [log["stage"] for log in run.attack_log_] == [log["stage"] for log in ref.attack_log_]
+    assert [h["loss"] for h in run.detector_.history_] == pytest.approx([h["loss"] for h in ref.detector_.history_], rel=1e-5)
+    assert torch.allclose(run.predict_proba(real), ref.predict_proba(real), atol=1e-6)
+    assert not state.exists()
