@@ -80,6 +80,8 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", help="Any mnist-ddpm setting: KEY=VALUE (block_out_channels=[16,32,32]).")] = [],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Keep the models already finished in --out and continue the "
+                                         "interrupted one from its training_state/.")] = False,
 ) -> None:
     """Train the full model and one model per shard with the zoo's class-conditional DDPM training loop."""
     from guardgen.checkpoint import save_json
@@ -90,7 +92,7 @@ def train(
     if steps is not None:
         config["steps"] = steps
     with progress_callback("training", keys=("loss",)) as callback:
-        metrics = train_shard_models(data, out, which=model or None, callback=callback, **config)
+        metrics = train_shard_models(data, out, which=model or None, callback=callback, resume=resume, **config)
     save_json({"shards": str(shards), "config": config, "metrics": metrics}, out / "train.json")
     rows = [{"model": k, "images": v["train_images"], "steps": v["steps"], "seconds": v["train_seconds"]} for k, v in metrics.items()]
     console.print(results_table("NAF models", rows))

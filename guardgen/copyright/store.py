@@ -14,7 +14,8 @@ Models: ``train_shard_models`` trains ``full`` on all the data and ``shard-i`` o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -83,11 +84,13 @@ def load_shards(folder: str | Path) -> Shards:
 
 
 def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | None = None, callback=None,
-                       **config) -> dict:
+                       resume: bool = False, **config) -> dict:
     """Train ``full`` (all data) and ``shard-i`` models with the zoo's class-conditional DDPM loop.
 
     ``config`` sets ``DDPMConfig`` fields (steps, block_out_channels, ...); ``which`` picks models
     (default: full and every shard). ``callback(step, logs)`` gets ``logs["model"]``. Returns metrics per model.
+    ``resume``: models already finished in ``out`` with the same settings are kept, and an interrupted one
+    continues from its ``training_state/`` (the zoo loop's exact resume).
     """
     from guardgen.zoo.ddpm import DDPMConfig, build_ddpm
 
@@ -105,7 +108,20 @@ def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | No
     metrics = {}
     for name in which:
         data = shards.data if name == "full" else shards.shard(int(name.split("-")[1]))
-        cb = None if callback is None else (lambda step, logs, name=name: callback(step, {**logs, "model": name}))
-        metrics[name] = build_ddpm(cfg, Path(out) / name, callback=cb, data=data)
+        folder = Path(out) / name
+        if resume and (folder / "guardgen.json").is_file() and not (folder / "training_state").exists():
+            metrics[name] = _finished(folder, cfg)
+        else:
+            cb = None if callback is None else (lambda step, logs, name=name: callback(step, {**logs, "model": name}))
+            metrics[name] = build_ddpm(cfg, folder, callback=cb, data=data, resume=resume)
         metrics[name]["train_images"] = len(data)
     return metrics
+
+
+def _finished(folder: Path, cfg) -> dict:
+    """The metrics of a model a resumed run keeps; one trained with other settings is refused."""
+    record = load_json(folder / "guardgen.json")
+    if record.get("train_config") != json.loads(json.dumps(asdict(cfg))):
+        raise GuardgenError(f"{folder} was trained with other settings; train it again without --resume, or resume "
+                            "with the settings of the interrupted run")
+    return record["metrics"]

@@ -86,3 +86,33 @@ def test_shard_models_train_through_the_zoo_loop(tmp_path):
     assert (tmp_path / "m" / "full" / "model_index.json").is_file() and (tmp_path / "m" / "shard-1" / "unet").is_dir()
     with pytest.raises(GuardgenError, match="unknown model"):
         train_shard_models(shards, tmp_path / "m", which=["shard-7"])
+
+
+def test_an_interrupted_shard_training_resumes(tmp_path):
+    """Ctrl-C in the second model: --resume keeps the finished one (not trained again), continues the other from its
+    training state to the weights of an uninterrupted run; a kept model trained with other settings is refused."""
+    from guardgen.checkpoint import load_safetensors
+
+    works, labels = _protected()
+    data = with_copies(_data(), works, labels, copies=4, noise=0.01)
+    shards = Shards(data, shard_dataset(data, works, threshold=0.05), works, labels, ["a", "b"])
+    kw = dict(which=["full", "shard-0"], steps=6, batch_size=8, block_out_channels=(8, 16), device="cpu", checkpoint_every=2)
+    train_shard_models(shards, tmp_path / "ref", **kw)
+
+    def stop(step, logs):
+        if logs["model"] == "shard-0" and step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_shard_models(shards, tmp_path / "run", callback=stop, **kw)
+    seen = []
+    metrics = train_shard_models(shards, tmp_path / "run", callback=lambda step, logs: seen.append((logs["model"], step)),
+                                 resume=True, **kw)
+    assert seen == [("shard-0", 5), ("shard-0", 6)]  # full kept; shard-0 from its state at step 4
+    assert metrics["full"]["train_images"] == len(data) and metrics["shard-0"]["steps"] == 6
+    for name in ("full", "shard-0"):
+        ref = load_safetensors(tmp_path / "ref" / name / "unet" / "diffusion_pytorch_model.safetensors")
+        run = load_safetensors(tmp_path / "run" / name / "unet" / "diffusion_pytorch_model.safetensors")
+        assert all(torch.allclose(ref[k], run[k], atol=1e-6) for k in ref)
+    with pytest.raises(GuardgenError, match="trained with other settings"):
+        train_shard_models(shards, tmp_path / "run", resume=True, **{**kw, "steps": 8})
