@@ -32,8 +32,11 @@ The unlearning method is passed in (``attacks`` never imports ``unlearn``):
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import ATTACKS
+from guardgen.checkpoint import atomic_dir, load_json, load_safetensors, save_json, save_safetensors
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, make_accelerator
@@ -130,8 +134,43 @@ class WorstCaseForget:
         if callback is not None:
             callback(it, {"total": self.iterations, **logs})
 
+    def _restore(self, state_dir: Path | None, resume: bool, g: torch.Generator, n_w: int) -> dict | None:
+        """The search state over ``n_w`` selection units to continue from (tensors, ``iteration``, ``seconds``), or None;
+        a state not resumed is removed."""
+        if state_dir is None:
+            return None
+        if not (resume and (state_dir / "state.json").is_file()):
+            if state_dir.exists():
+                shutil.rmtree(state_dir)
+            return None
+        meta = load_json(state_dir / "state.json")
+        settings = {k: v for k, v in vars(self).items() if not k.endswith("_") and k != "device"}
+        if meta["settings"] != _as_json(settings):
+            raise GuardgenError(f"{state_dir}: the saved search used other settings; resume with the settings of the "
+                                "interrupted run, or start again without --resume")
+        state = load_safetensors(state_dir / "search.safetensors")
+        if len(state["w"]) != n_w:
+            raise GuardgenError(f"{state_dir}: the saved search ran over {len(state['w'])} samples or classes, this data has "
+                                f"{n_w}; resume with the data of the interrupted run, or start again without --resume")
+        g.set_state(state.pop("generator"))
+        torch.set_rng_state(state.pop("torch_rng"))
+        self.history_ = meta["history"]
+        return {**state, "iteration": meta["iteration"], "seconds": meta["seconds"]}
+
+    def _checkpoint(self, state_dir: Path | None, it: int, g: torch.Generator, seconds: float, tensors: dict) -> None:
+        """After upper step ``it``: the weights, what the results need, and the random state, as one folder."""
+        if state_dir is None:
+            return
+        settings = {k: v for k, v in vars(self).items() if not k.endswith("_") and k != "device"}
+        with atomic_dir(state_dir) as tmp:
+            save_safetensors({**{k: v.detach().clone() for k, v in tensors.items() if v is not None},  # clones: no shared storage
+                              "generator": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "search.safetensors")
+            save_json({"iteration": it, "seconds": seconds, "history": self.history_, "settings": _as_json(settings)},
+                      tmp / "state.json")
+
     # -- classifiers ------------------------------------------------------------------------------
-    def fit(self, model: nn.Module, data, *, method, reference=None, callback: Callback | None = None) -> "WorstCaseForget":
+    def fit(self, model: nn.Module, data, *, method, reference=None, callback: Callback | None = None,
+            state_dir: str | Path | None = None, resume: bool = False) -> "WorstCaseForget":
         """Search the worst-case forget set of ``data = (images, labels)`` (the model's training data).
 
         ``reference`` (``upper_signal="gap"`` only): how to train the reference from scratch, an object with
@@ -140,7 +179,9 @@ class WorstCaseForget:
         Sets ``indices_`` (selected sample indices, or class ids in class mode), ``sample_indices_``,
         ``weights_`` (the relaxed w before hardening), ``losses_`` (per-sample losses after the last lower level),
         ``sample_signal_`` (the per-sample upper-level signal: ``losses_``, or ``-|losses_ - reference_losses_|``)
-        and, with ``upper_signal="gap"``, ``reference_losses_``.
+        and, with ``upper_signal="gap"``, ``reference_losses_``. With ``state_dir``, the search is saved there after
+        the reference losses and after each upper step, and removed at the end; ``resume=True`` continues from it
+        (the same model, data, method and settings) to the result of an uninterrupted search.
         """
         check_settings(self)
         if hasattr(data, "images"):
@@ -154,16 +195,25 @@ class WorstCaseForget:
         if self.upper_signal not in ("loss", "gap"):
             raise GuardgenError(f"a classifier's upper_signal must be 'loss' or 'gap', not {self.upper_signal!r}")
         acc = make_accelerator(self.device)
+        torch.manual_seed(self.seed)  # the lower level's dropout: a search is a function of its seed, as the methods' fits are
         g = torch.Generator().manual_seed(self.seed)
         t0 = time.perf_counter()
         original = {k: v.detach().clone() for k, v in model.state_dict().items()}
         net = copy.deepcopy(model).to(acc.device)
         class_of = torch.searchsorted(classes, y)  # class mode: sample -> position of its class in w
         n_w = len(y) if self.mode == "data" else len(classes)
-        ref = self._reference_losses(model, x, y, class_of, n_w, reference) if self.upper_signal == "gap" else None
-        w = torch.full((n_w,), self.size / n_w, dtype=torch.float64)
+        state_dir = None if state_dir is None else Path(state_dir)
         self.history_ = []
-        for it in range(1, self.iterations + 1):
+        state = self._restore(state_dir, resume, g, n_w)
+        if state is not None:
+            t0 -= state["seconds"]
+            ref, w, start = state.get("ref"), state["w"], state["iteration"] + 1
+            losses, sample_signal, top = state.get("losses"), state.get("sample_signal"), state.get("top")
+        else:
+            ref = self._reference_losses(model, x, y, class_of, n_w, reference) if self.upper_signal == "gap" else None
+            w, start = torch.full((n_w,), self.size / n_w, dtype=torch.float64), 1
+            self._checkpoint(state_dir, 0, g, time.perf_counter() - t0, {"w": w, "ref": ref})
+        for it in range(start, self.iterations + 1):
             sample_w = (w if self.mode == "data" else w[class_of]).float()
             net.load_state_dict(original)
             mi = torch.randperm(len(y), generator=g)[: 4 * self.batch_size]  # the mask from a subsample (cheap)
@@ -190,6 +240,10 @@ class WorstCaseForget:
             w_before = w
             w, top = self._upper_step(w, signal, it)
             self._log(it, w_before, signal, top, callback)
+            self._checkpoint(state_dir, it, g, time.perf_counter() - t0,
+                             {"w": w, "ref": ref, "losses": losses, "sample_signal": sample_signal, "top": top})
+        if state_dir is not None and state_dir.exists():
+            shutil.rmtree(state_dir)
         self.weights_ = w.float()
         self.losses_ = losses.float()
         self.sample_signal_ = sample_signal.float()
@@ -223,7 +277,8 @@ class WorstCaseForget:
         return ref
 
     # -- diffusion models (class- or prompt-wise) --------------------------------------------------
-    def fit_diffusion(self, pipe, data, *, method, callback: Callback | None = None) -> "WorstCaseForget":
+    def fit_diffusion(self, pipe, data, *, method, callback: Callback | None = None, state_dir: str | Path | None = None,
+                      resume: bool = False) -> "WorstCaseForget":
         """Class-wise worst-case selection for a class- or text-conditional diffusion pipeline.
 
         ``data = (images in [0, 1], conditions)``: conditions are class ids or prompts (one per image); the
@@ -233,6 +288,7 @@ class WorstCaseForget:
         ``upper_signal="ratio"`` that loss divided by the original model's (a guardgen variant: the raw loss
         mostly ranks how hard a class is to denoise at all, e.g. the simple digit 1 lowest).
         Sets ``indices_`` (the selected conditions), ``weights_``, ``losses_`` (per condition) and ``conditions_``.
+        ``state_dir``/``resume``: as :meth:`fit`, saved after each upper step.
         """
         check_settings(self)
         from guardgen.models.conditioning import conditioning_for
@@ -249,6 +305,7 @@ class WorstCaseForget:
         form = _form(method, "per_sample_denoising_loss")
         cond = conditioning_for(pipe)
         acc = make_accelerator(self.device)
+        torch.manual_seed(self.seed)
         g = torch.Generator().manual_seed(self.seed)
         t0 = time.perf_counter()
         unet = copy.deepcopy(pipe.unet).to(acc.device)
@@ -276,11 +333,17 @@ class WorstCaseForget:
 
         if self.upper_signal not in ("loss", "ratio"):
             raise GuardgenError(f"upper_signal must be 'loss' or 'ratio', not {self.upper_signal!r}")
-        base = condition_losses() if self.upper_signal == "ratio" else None
-        w = torch.full((len(names),), self.size / len(names), dtype=torch.float64)
-        params = [p for p in unet.parameters() if p.requires_grad]
+        state_dir = None if state_dir is None else Path(state_dir)
         self.history_ = []
-        for it in range(1, self.iterations + 1):
+        state = self._restore(state_dir, resume, g, len(names))
+        if state is not None:
+            t0 -= state["seconds"]
+            base, w, start, losses, top = state.get("base"), state["w"], state["iteration"] + 1, state.get("losses"), state.get("top")
+        else:
+            base = condition_losses() if self.upper_signal == "ratio" else None
+            w, start = torch.full((len(names),), self.size / len(names), dtype=torch.float64), 1
+        params = [p for p in unet.parameters() if p.requires_grad]
+        for it in range(start, self.iterations + 1):
             unet.load_state_dict(original)
             unet.train()
             for idx in self._batches(len(x0), g):
@@ -298,6 +361,9 @@ class WorstCaseForget:
             w_before = w
             w, top = self._upper_step(w, losses, it)
             self._log(it, w_before, losses, top, callback)
+            self._checkpoint(state_dir, it, g, time.perf_counter() - t0, {"w": w, "base": base, "losses": losses, "top": top})
+        if state_dir is not None and state_dir.exists():
+            shutil.rmtree(state_dir)
         self.conditions_ = names
         self.weights_ = w.float()
         self.losses_ = losses.float()
@@ -314,3 +380,8 @@ def _per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     out = [F.cross_entropy(model(x[i : i + bs].to(device)).float(), y[i : i + bs].to(device), reduction="none").cpu()
            for i in range(0, len(y), bs)]
     return torch.cat(out)
+
+
+def _as_json(settings: dict) -> dict:
+    """Settings as they read back from JSON (tuples become lists), to compare a saved search's with the current."""
+    return json.loads(json.dumps(settings, default=str))

@@ -88,6 +88,8 @@ def worst_case_forget(
     out: Annotated[Path, typer.Option(help="Run folder: indices.json, gallery.png, metrics.json.")] = Path("runs/worst-case-forget"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search from --out's training_state/ "
+                                         "(reference losses and upper steps kept; the evaluation after it runs whole).")] = False,
 ) -> None:
     """Search the forget set that is hardest (or, --reverse, easiest) to unlearn for a classifier."""
     import torch
@@ -115,7 +117,8 @@ def worst_case_forget(
                              reference_folds=reference_folds, seed=seed, device=device)
     search.check_size(len(train) if mode == "data" else len(torch.unique(train.labels)), "samples" if mode == "data" else "classes")
     with progress_callback("worst-case search", keys=("objective", "selected_loss")) as callback:
-        search.fit(net, (train.images, train.labels), method=runner, reference=reference, callback=callback)
+        search.fit(net, (train.images, train.labels), method=runner, reference=reference, callback=callback,
+                   state_dir=out / "training_state", resume=resume)
     chosen = search.sample_indices_
     record = {"indices": search.indices_.tolist(), "sample_indices": chosen.tolist(), "mode": mode, "size": size,
               "reverse": reverse, "method": method, "signal": signal, "model": model, "data": data, "resolution": resolution,

@@ -115,3 +115,32 @@ def test_evaluate_unknown_method_and_missing_file(tmp_path):
     assert one_line(result) and "choose one of: ft" in result.output
     result = invoke("unlearn", "evaluate", "--model", "zoo:mnist-oracle", "--method", "ft", "--forget-set", tmp_path / "x.json", *QUICK)
     assert one_line(result) and "no such file" in result.output
+
+
+def test_an_interrupted_search_resumes_with_resume(tmp_path, monkeypatch):
+    """Ctrl-C in upper step 2 of 3 (before it is saved): exit 130 with the hint; --resume runs steps 2 and 3 only, to the
+    uninterrupted selection."""
+    from attacks.worst_case_forget import WorstCaseForget
+
+    args = ("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 10, "--method", "ft", "--iterations", 3,
+            "--inner-steps", 1, "--no-evaluate", *QUICK)
+    assert invoke(*args, "--out", tmp_path / "ref").exit_code == 0
+    log = WorstCaseForget._log
+
+    def interrupted(self, it, *a, **kw):
+        log(self, it, *a, **kw)
+        if it == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(WorstCaseForget, "_log", interrupted)
+    result = invoke(*args, "--out", tmp_path / "run")
+    assert result.exit_code == 130 and "--resume" in result.output
+    monkeypatch.undo()
+    steps = []
+    monkeypatch.setattr(WorstCaseForget, "_log", lambda self, it, *a, **kw: steps.append(it) or log(self, it, *a, **kw))
+    result = invoke(*args, "--out", tmp_path / "run", "--resume")
+    assert result.exit_code == 0, result.output
+    assert steps == [2, 3] and not (tmp_path / "run" / "training_state").exists()
+    ref, run = (json.loads((tmp_path / d / "indices.json").read_text()) for d in ("ref", "run"))
+    assert run["indices"] == ref["indices"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["history"] == json.loads((tmp_path / "ref" / "metrics.json").read_text())["history"]
