@@ -32,7 +32,6 @@ The unlearning method is passed in (``attacks`` never imports ``unlearn``):
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import ATTACKS
-from guardgen.checkpoint import atomic_dir, load_json, load_safetensors, save_json, save_safetensors
+from guardgen.checkpoint import (atomic_dir, check_resumable, load_json, load_safetensors, save_json, save_safetensors,
+                                 settings_record)
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, make_accelerator
@@ -144,10 +144,7 @@ class WorstCaseForget:
                 shutil.rmtree(state_dir)
             return None
         meta = load_json(state_dir / "state.json")
-        settings = {k: v for k, v in vars(self).items() if not k.endswith("_") and k != "device"}
-        if meta["settings"] != _as_json(settings):
-            raise GuardgenError(f"{state_dir}: the saved search used other settings; resume with the settings of the "
-                                "interrupted run, or start again without --resume")
+        check_resumable(meta["settings"], settings_record(self, skip=("device",)), state_dir)
         state = load_safetensors(state_dir / "search.safetensors")
         if len(state["w"]) != n_w:
             raise GuardgenError(f"{state_dir}: the saved search ran over {len(state['w'])} samples or classes, this data has "
@@ -161,11 +158,10 @@ class WorstCaseForget:
         """After upper step ``it``: the weights, what the results need, and the random state, as one folder."""
         if state_dir is None:
             return
-        settings = {k: v for k, v in vars(self).items() if not k.endswith("_") and k != "device"}
         with atomic_dir(state_dir) as tmp:
             save_safetensors({**{k: v.detach().clone() for k, v in tensors.items() if v is not None},  # clones: no shared storage
                               "generator": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "search.safetensors")
-            save_json({"iteration": it, "seconds": seconds, "history": self.history_, "settings": _as_json(settings)},
+            save_json({"iteration": it, "seconds": seconds, "history": self.history_, "settings": settings_record(self, skip=("device",))},
                       tmp / "state.json")
 
     # -- classifiers ------------------------------------------------------------------------------
@@ -380,8 +376,3 @@ def _per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     out = [F.cross_entropy(model(x[i : i + bs].to(device)).float(), y[i : i + bs].to(device), reduction="none").cpu()
            for i in range(0, len(y), bs)]
     return torch.cat(out)
-
-
-def _as_json(settings: dict) -> dict:
-    """Settings as they read back from JSON (tuples become lists), to compare a saved search's with the current."""
-    return json.loads(json.dumps(settings, default=str))

@@ -25,7 +25,7 @@ from torch import nn
 
 from detectors import DETECTORS
 from detectors.evaluate import perturb
-from guardgen.checkpoint import load_training_state, save_training_state
+from guardgen.checkpoint import check_resumable, load_json, load_training_state, save_training_state, settings_record
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
@@ -208,6 +208,7 @@ class Detector:
         seen, step, elapsed, start_epoch, start_batch, epoch_rng = 0, 0, 0.0, 0, 0, None
         state_dir = None if state_dir is None else Path(state_dir)
         if state_dir is not None and resume and (state_dir / "state.json").is_file():
+            check_resumable(load_json(state_dir / "state.json")["extra"].get("settings"), self._resume_settings(), state_dir)
             step, extra = _resume_from(state_dir, modules={"detector": raw}, optimizers={"detector": opt}, generator=g)
             if sched is not None:
                 sched.load_state_dict(extra["schedule"])
@@ -243,7 +244,7 @@ class Detector:
             save_training_state(state_dir, step=step, modules={"detector": raw}, optimizers={"detector": opt}, generator=g,
                                 extra={"epoch": epoch, "batch": batch, "epoch_rng": epoch_rng.tolist() if batch else None,
                                        "schedule": None if sched is None else sched.state_dict(), "history": self.history_,
-                                       "seen": seen, "seconds": time.perf_counter() - t0})
+                                       "seen": seen, "seconds": time.perf_counter() - t0, "settings": self._resume_settings()})
 
         for epoch in range(start_epoch, self.epochs):
             if epoch == start_epoch and start_batch:  # resumed mid-epoch: the same order; g is already where it stopped
@@ -356,7 +357,7 @@ class Detector:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device: str = "cpu") -> "Detector":
-        from guardgen.checkpoint import load_checkpoint, load_json
+        from guardgen.checkpoint import load_checkpoint
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
@@ -388,6 +389,10 @@ class Detector:
         det.train_seconds_ = fitted.get("train_seconds")
         det.config_ = config
         return det
+
+    def _resume_settings(self) -> dict:
+        """What a resumed fit must share with the interrupted one (not where it runs, nor how often it logs or saves)."""
+        return settings_record(self, skip=("device", "mixed_precision", "log_every", "checkpoint_every"))
 
     def save_state(self, folder: str | Path, extra: dict | None = None) -> Path:
         """The fitted detector exactly, its training history included, for a run that resumes after it (OMAT's

@@ -33,7 +33,7 @@ from attacks.latent_evasion import LatentEvasion
 from attacks.on_manifold import OnManifoldAttack
 from detectors import DETECTORS
 from detectors.detector import Detector
-from guardgen.checkpoint import load_safetensors, save_safetensors
+from guardgen.checkpoint import check_resumable, load_safetensors, save_safetensors, settings_record
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveInt, check_settings
 from guardgen.utils import Callback
@@ -140,10 +140,11 @@ class OMAT:
         def save_round() -> None:  # the pool first: a state never names more pool than is on disk
             save_safetensors({"pool": pool}, state_dir / "pool.safetensors")
             det.save_state(state_dir / "round", extra={"done": done, "round": round_, "pool": len(pool), "attack_log": self.attack_log_,
-                                                        "seconds": time.perf_counter() - t0})
+                                                        "seconds": time.perf_counter() - t0, "settings": settings_record(self)})
 
         if resume and state_dir is not None and (state_dir / "round" / "state.json").is_file():
             extra = det.load_state(state_dir / "round", real)
+            check_resumable(extra["settings"], settings_record(self), state_dir)
             done, round_, self.attack_log_ = extra["done"], extra["round"], extra["attack_log"]
             t0 -= extra["seconds"]  # train_seconds_ counts the time before the interruption too
             pool = load_safetensors(state_dir / "pool.safetensors")["pool"][: extra["pool"]]

@@ -290,6 +290,24 @@ def save_training_state(
     return folder
 
 
+def settings_record(obj, skip: tuple[str, ...] = ()) -> dict:
+    """A dataclass's settings (its init fields but ``skip``) as they read back from JSON (tuples as lists): saved
+    beside a training state, and compared on resume so that a run is not continued under other settings."""
+    import dataclasses
+
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init and f.name not in skip}
+    return json.loads(json.dumps(values, default=str))
+
+
+def check_resumable(saved: dict | None, current: dict, where: str | os.PathLike) -> None:
+    """One line naming the settings that differ from the interrupted run's (``saved``: its ``settings_record``)."""
+    if saved is None or saved == current:
+        return
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    raise GuardgenError(f"{where}: the interrupted run used other settings ({', '.join(changed)}); resume with its settings, "
+                        "or start again without --resume")
+
+
 def load_training_state(
     folder: str | os.PathLike,
     *,

@@ -14,13 +14,12 @@ Models: ``train_shard_models`` trains ``full`` on all the data and ``shard-i`` o
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from guardgen.checkpoint import atomic_dir, load_json, load_safetensors, save_json, save_safetensors
+from guardgen.checkpoint import atomic_dir, check_resumable, load_json, load_safetensors, save_json, save_safetensors, settings_record
 from guardgen.copyright.sharding import ShardPlan, check_shards
 from guardgen.data import ImageSet
 from guardgen.errors import GuardgenError
@@ -121,7 +120,5 @@ def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | No
 def _finished(folder: Path, cfg) -> dict:
     """The metrics of a model a resumed run keeps; one trained with other settings is refused."""
     record = load_json(folder / "guardgen.json")
-    if record.get("train_config") != json.loads(json.dumps(asdict(cfg))):
-        raise GuardgenError(f"{folder} was trained with other settings; train it again without --resume, or resume "
-                            "with the settings of the interrupted run")
+    check_resumable(record.get("train_config", {}), settings_record(cfg), folder)
     return record["metrics"]

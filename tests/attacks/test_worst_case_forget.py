@@ -227,7 +227,7 @@ def test_an_interrupted_gap_search_resumes_without_training_the_references_again
     state = tmp_path / "search"
     with pytest.raises(Interrupt):
         WorstCaseForget(**kw).fit(model, (x, y), method=ft_form, reference=RecordingTrainer(), state_dir=state, callback=stop_at(3))
-    with pytest.raises(GuardgenError, match="other settings"):
+    with pytest.raises(GuardgenError, match="used other settings \\(w_lr\\)"):
         WorstCaseForget(**{**kw, "w_lr": 0.1}).fit(model, (x, y), method=ft_form, reference=RecordingTrainer(), state_dir=state, resume=True)
     with pytest.raises(GuardgenError, match="this data has 39"):
         WorstCaseForget(**kw).fit(model, (x[:39], y[:39]), method=ft_form, reference=RecordingTrainer(), state_dir=state, resume=True)

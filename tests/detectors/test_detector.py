@@ -235,5 +235,5 @@ def test_resuming_with_other_settings_is_one_line(tmp_path):
     state = tmp_path / "state"
     with pytest.raises(Interrupt):
         tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=interrupt_at(6))
-    with pytest.raises(GuardgenError, match="does not fit this detector's settings"):
+    with pytest.raises(GuardgenError, match="used other settings \\(model_args\\)"):
         tiny(epochs=2, model_args={"width": 16}).fit(real, fake, state_dir=state, resume=True)

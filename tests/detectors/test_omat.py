@@ -79,3 +79,22 @@ def test_an_interrupted_omat_run_resumes_as_one_run(tiny_class_pipeline, tmp_pat
     assert [h["loss"] for h in run.detector_.history_] == pytest.approx([h["loss"] for h in ref.detector_.history_], rel=1e-5)
     assert torch.allclose(run.predict_proba(real), ref.predict_proba(real), atol=1e-6)
     assert not state.exists()
+
+
+def test_resuming_omat_with_other_settings_is_one_line(tiny_class_pipeline, tmp_path):
+    from guardgen.models import load_model
+
+    pipe = load_model(str(tiny_class_pipeline))
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(16, 1, 8, 8, generator=g), torch.rand(16, 1, 8, 8, generator=g)
+    kw = dict(detector={"backbone": "guardgen_digitnet", "model_args": {"width": 4}, "epochs": 1, "batch_size": 8, "device": "cpu"},
+              attack={"steps": 1, "num_inference_steps": 2}, pool_size=4, refresh_every=1, refresh_size=2, epochs=2)
+
+    def stop(step, logs):
+        if logs.get("stage") == "train round 2":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        OMAT(**kw).fit(real, fake, pipe=pipe, state_dir=tmp_path / "s", callback=stop)
+    with pytest.raises(GuardgenError, match="used other settings \\(refresh_size\\)"):
+        OMAT(**{**kw, "refresh_size": 4}).fit(real, fake, pipe=pipe, state_dir=tmp_path / "s", resume=True)
