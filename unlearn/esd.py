@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
@@ -23,6 +22,7 @@ from guardgen.models.conditioning import conditioning_for, ddim_sample
 from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
+from unlearn._resume import LoopState
 
 __all__ = ["ESD"]
 
@@ -37,6 +37,7 @@ class ESD:
     batch_size: PositiveInt = 8
     ddim_steps: PositiveInt = 10  # the partial sampler that produces x_t
     train: str = "all"  # "all" | "cross_attn" (ESD-x) | "non_cross_attn" (ESD-u)
+    checkpoint_every: PositiveInt = 50  # iterations between training states in out/training_state (with out=)
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -54,7 +55,9 @@ class ESD:
 
     def fit(self, pipe, *, forget: Sequence, retain: Sequence = (), override: Sequence | None = None, oracle=None,
             callback: Callback | None = None, out=None, resume: bool = False) -> "ESD":
-        """Fine-tune a copy of ``pipe.unet`` to erase the ``forget`` conditions (``retain``/``override`` unused)."""
+        """Fine-tune a copy of ``pipe.unet`` to erase the ``forget`` conditions (``retain``/``override`` unused).
+
+        With ``out``, the training state is kept in ``out/training_state`` and ``resume=True`` continues it exactly."""
         check_settings(self)
         from diffusers import DDIMScheduler
 
@@ -74,8 +77,9 @@ class ESD:
         sampler.set_timesteps(self.ddim_steps, device=acc.device)
         cfg = pipe.unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        t0 = time.perf_counter()
-        for step in range(1, self.iterations + 1):
+        state, modules, optimizers = LoopState(self, out, resume), {"unet": acc.unwrap_model(unet)}, {"unet": opt}
+        self.history_ = []
+        for step in range(state.start(modules, optimizers, rng), self.iterations + 1):
             g = torch.Generator().manual_seed(self.seed * 7_919 + step)
             c = [rng.choice(forget) for _ in range(self.batch_size)]
             c_emb, null = cond.embed(c, acc.device), cond.null(self.batch_size, acc.device)
@@ -97,8 +101,10 @@ class ESD:
             self.history_.append({"step": step, "loss": loss.item()})
             if callback is not None:
                 callback(step, {"total": self.iterations, "loss": loss.item()})
+            state.save(step, modules, optimizers, rng)
+        state.finish()
         self.unet_ = acc.unwrap_model(unet).eval().requires_grad_(False)
-        self.train_seconds_ = time.perf_counter() - t0
+        self.train_seconds_ = state.seconds()
         return self
 
     def to_pipeline(self, pipe):

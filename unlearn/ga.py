@@ -9,7 +9,6 @@ own samples for each condition (no training data needed), or images passed in.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
@@ -22,6 +21,7 @@ from guardgen.models.diffusion import sample_images
 from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
+from unlearn._resume import LoopState
 
 __all__ = ["GA"]
 
@@ -37,6 +37,7 @@ class GA:
     batch_size: PositiveInt = 32
     samples_per_condition: PositiveInt = 64
     sample_steps: PositiveInt = 25
+    checkpoint_every: PositiveInt = 50  # iterations between training states in out/training_state (with out=)
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -75,8 +76,9 @@ class GA:
             with acc.autocast():
                 return F.mse_loss(unet(x_t, t, **cond.embed(conds, acc.device)).sample.float(), eps)
 
-        t0 = time.perf_counter()
-        for step in range(1, self.iterations + 1):
+        state, modules, optimizers = LoopState(self, out, resume), {"unet": acc.unwrap_model(unet)}, {"unet": opt}
+        self.history_ = []
+        for step in range(state.start(modules, optimizers), self.iterations + 1):
             g = torch.Generator().manual_seed(self.seed * 7_919 + step)
             fi = torch.randint(0, len(f_x), (self.batch_size,), generator=g)
             loss_f = denoising_loss(f_x[fi], [f_conds[i] for i in fi.tolist()], g)
@@ -96,8 +98,10 @@ class GA:
             self.history_.append({"step": step, **logs})
             if callback is not None:
                 callback(step, {"total": self.iterations, **logs})
+            state.save(step, modules, optimizers)
+        state.finish()
         self.unet_ = acc.unwrap_model(unet).eval().requires_grad_(False)
-        self.train_seconds_ = time.perf_counter() - t0
+        self.train_seconds_ = state.seconds()
         return self
 
     def to_pipeline(self, pipe):

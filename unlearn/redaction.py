@@ -31,6 +31,7 @@ from guardgen.models.conditioning import conditioning_for
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
+from unlearn._resume import LoopState
 
 __all__ = ["Redaction", "GENERIC_PROMPTS", "apply_rules"]
 
@@ -63,6 +64,7 @@ class Redaction:
     # reference is the same prompt with the key replaced (e.g. {"seven": "one", "7": "1"}); text models only
     replace: dict = field(default_factory=dict)
     keyword_prompts: NonNegInt = 512  # prompts made by inserting each key into retained and random prompts
+    checkpoint_every: PositiveInt = 100  # iterations between training states in out/training_state (with out=)
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -73,7 +75,8 @@ class Redaction:
         """Redact ``forget`` (prompts or class ids) towards ``override`` (reference prompts or classes).
 
         ``retain``: non-redacted prompts to keep in place [default: the model's prompt table, generic captions
-        and random word strings]. ``oracle``, ``out`` and ``resume`` are accepted for the common interface.
+        and random word strings]. ``oracle`` is accepted for the common interface. With ``out``, the distillation's
+        state is kept in ``out/training_state`` and ``resume=True`` continues it exactly.
         """
         check_settings(self)
         if self.variant not in ("full", "last_layers", "lora"):
@@ -98,16 +101,16 @@ class Redaction:
             self.unet_ = _remap_classes(pipe.unet, {f: reference[i % len(reference)] for i, f in enumerate(forget)})
             self.history_ = []
         elif getattr(pipe, "text_encoder", None) is not None:
-            self.text_encoder_ = self._distil(_ClipEncoder(pipe), forget, reference, retain, callback)
+            self.text_encoder_ = self._distil(_ClipEncoder(pipe), forget, reference, retain, callback, LoopState(self, out, resume))
         elif hasattr(pipe, "text_encoder_module"):
-            self.sentence_encoder_ = self._distil(_SentenceEncoder(pipe), forget, reference, retain, callback)
+            self.sentence_encoder_ = self._distil(_SentenceEncoder(pipe), forget, reference, retain, callback, LoopState(self, out, resume))
         else:
             raise GuardgenError(f"{type(pipe).__name__}: no conditioning network to redact")
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
     # -------------------------------------------------------------------------------------------------
-    def _distil(self, enc, forget, reference, retain, callback):
+    def _distil(self, enc, forget, reference, retain, callback, state: LoopState):
         """The distillation loop on a wrapped encoder ``enc`` (``embed(module, prompts)``, ``module``)."""
         acc = make_accelerator(self.device, self.mixed_precision)
         rng = random.Random(self.seed)
@@ -139,7 +142,8 @@ class Redaction:
         student.eval()  # dropout off: the student must reproduce the teacher's deterministic embeddings
         n_f = max(1, self.batch_size // 2)
         self.history_ = []
-        for step in range(1, self.iterations + 1):
+        modules, optimizers = {"student": acc.unwrap_model(student)}, {"student": opt}
+        for step in range(state.start(modules, optimizers, rng), self.iterations + 1):
             batch_f = [rng.choice(redacted) for _ in range(n_f)]
             batch_r = [rng.choice(retained) for _ in range(self.batch_size - n_f)]
             with acc.autocast():
@@ -157,6 +161,8 @@ class Redaction:
             self.history_.append({"step": step, **logs})
             if callback is not None:
                 callback(step, {"total": self.iterations, **logs})
+            state.save(step, modules, optimizers, rng)
+        state.finish()
         student = acc.unwrap_model(student)
         if self.variant == "lora":
             student = student.merge_and_unload()

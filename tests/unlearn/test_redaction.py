@@ -145,3 +145,24 @@ def test_evaluate_redaction_samples_both_models_on_the_same_seeds(tiny_sd_pipeli
     assert not torch.equal(cache["original", "retained"], other["original", "retained"])  # the oracle does tell samples apart
     for group in ("redacted", "paraphrase"):
         assert scores[f"{group}_reference_rate_original"] == scores[f"{group}_reference_rate_redacted"]
+
+
+@pytest.mark.parametrize("variant", ["full", "lora"])
+def test_an_interrupted_redaction_resumes_exactly(tiny_sd_pipeline, tmp_path, variant):
+    pipe = load_model(str(tiny_sd_pipeline))
+    kw = dict(variant=variant, iterations=5, lr=1e-3, batch_size=4, random_prompts=4, checkpoint_every=2, device="cpu")
+    fit = dict(forget=["a red bird"], override=["a cat"])
+    ref = Redaction(**kw).fit(pipe, **fit)
+
+    def stop(step, logs):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Redaction(**kw).fit(pipe, **fit, out=tmp_path, callback=stop)
+    steps = []
+    run = Redaction(**kw).fit(pipe, **fit, out=tmp_path, resume=True, callback=lambda step, logs: steps.append(step))
+    assert steps == [3, 4, 5] and all(a == pytest.approx(b) for a, b in zip(run.history_, ref.history_))
+    for a, b in zip(ref.text_encoder_.state_dict().values(), run.text_encoder_.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not (tmp_path / "training_state").exists()

@@ -1,0 +1,66 @@
+"""Checkpoints for the fine-tuning loops of the unlearning baselines (ESD, GA, redaction): ``out/training_state``.
+
+A loop asks :meth:`LoopState.start` for its first step (restoring weights, optimiser, random state and history
+when resuming), calls :meth:`LoopState.save` after every step (it writes every ``checkpoint_every`` steps) and
+:meth:`LoopState.finish` at the end. The state records the method's settings, and a resume under other settings
+is refused. Per-step draws in these loops come from generators seeded by (seed, step), the global torch state is
+saved by ``save_training_state``, and a loop with a sequential ``random.Random`` passes it in.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+from torch import nn
+
+from guardgen.checkpoint import check_resumable, load_json, load_training_state, save_training_state, settings_record
+
+__all__ = ["LoopState"]
+
+
+class LoopState:
+    """``LoopState(method, out, resume)``; ``method`` has ``iterations``, ``checkpoint_every`` and ``history_``."""
+
+    def __init__(self, method, out, resume: bool, *, name: str = "training_state"):
+        self.method = method
+        self.dir = None if out is None else Path(out) / name
+        self.resume = resume
+        self.settings = settings_record(method, skip=("device", "mixed_precision", "checkpoint_every"))
+        self.t0 = time.perf_counter()
+
+    def start(self, modules: dict[str, nn.Module], optimizers: dict, rng: random.Random | None = None) -> int:
+        """The first step to run: 1, or the one after the saved step, with everything restored."""
+        self.t0 = time.perf_counter()
+        if self.dir is None:
+            return 1
+        if not (self.resume and (self.dir / "state.json").is_file()):
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+            return 1
+        check_resumable(load_json(self.dir / "state.json")["extra"].get("settings"), self.settings, self.dir)
+        step, extra = load_training_state(self.dir, modules=modules, optimizers=optimizers)
+        if rng is not None:
+            version, internal, gauss = extra["python_rng"]
+            rng.setstate((version, tuple(internal), gauss))
+        self.method.history_ = extra["history"]
+        self.t0 -= extra["seconds"]
+        return step + 1
+
+    def save(self, step: int, modules: dict[str, nn.Module], optimizers: dict, rng: random.Random | None = None) -> None:
+        """After ``step``: the state, every ``checkpoint_every`` steps (not after the last one)."""
+        if self.dir is None or step % self.method.checkpoint_every or step >= self.method.iterations:
+            return
+        save_training_state(self.dir, step=step, modules=modules, optimizers=optimizers,
+                            extra={"settings": self.settings, "history": self.method.history_, "seconds": self.seconds(),
+                                   "python_rng": None if rng is None else rng.getstate()})
+
+    def seconds(self) -> float:
+        """Training time so far, the interrupted run's included."""
+        return time.perf_counter() - self.t0
+
+    def finish(self) -> None:
+        if self.dir is not None and self.dir.exists():
+            shutil.rmtree(self.dir)
