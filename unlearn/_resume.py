@@ -18,17 +18,24 @@ from torch import nn
 
 from guardgen.checkpoint import check_resumable, load_json, load_training_state, save_training_state, settings_record
 
-__all__ = ["LoopState"]
+__all__ = ["LoopState", "method_settings"]
+
+
+def method_settings(method) -> dict:
+    """What a resumed run must share with the interrupted one: the settings, not where it runs or how often it saves."""
+    return settings_record(method, skip=("device", "mixed_precision", "checkpoint_every"))
 
 
 class LoopState:
-    """``LoopState(method, out, resume)``; ``method`` has ``iterations``, ``checkpoint_every`` and ``history_``."""
+    """``LoopState(method, out, resume)``; ``method`` has ``checkpoint_every``, ``history_`` and, unless
+    ``iterations`` is given (a loop of a multi-stage method, saved under ``name``), ``iterations``."""
 
-    def __init__(self, method, out, resume: bool, *, name: str = "training_state"):
+    def __init__(self, method, out, resume: bool, *, name: str = "training_state", iterations: int | None = None):
         self.method = method
         self.dir = None if out is None else Path(out) / name
         self.resume = resume
-        self.settings = settings_record(method, skip=("device", "mixed_precision", "checkpoint_every"))
+        self.iterations = method.iterations if iterations is None else iterations
+        self.settings = method_settings(method)
         self.t0 = time.perf_counter()
 
     def start(self, modules: dict[str, nn.Module], optimizers: dict, rng: random.Random | None = None) -> int:
@@ -51,7 +58,7 @@ class LoopState:
 
     def save(self, step: int, modules: dict[str, nn.Module], optimizers: dict, rng: random.Random | None = None) -> None:
         """After ``step``: the state, every ``checkpoint_every`` steps (not after the last one)."""
-        if self.dir is None or step % self.method.checkpoint_every or step >= self.method.iterations:
+        if self.dir is None or step % self.method.checkpoint_every or step >= self.iterations:
             return
         save_training_state(self.dir, step=step, modules=modules, optimizers=optimizers,
                             extra={"settings": self.settings, "history": self.method.history_, "seconds": self.seconds(),

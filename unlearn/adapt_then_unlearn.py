@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,10 +54,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from guardgen.checkpoint import check_resumable, load_json, load_training_state, save_training_state
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
+from unlearn._resume import LoopState, method_settings
 
 __all__ = ["AdaptThenUnlearn", "GANFineTune", "REPULSIONS", "GAMMA_DEFAULTS", "repulsion_loss", "parameter_distance",
            "diagonal_fisher", "ewc_penalty", "split_by_feature", "evaluate_gan_unlearning", "load_unlearned_gan"]
@@ -283,6 +286,7 @@ class _GANUnlearnBase:
     threshold: float = 0.0  # for classifiers returning one score per image (paper: logit >= 0)
     feature_min_prob: UnitFloat = 0.0  # class classifiers: also p(forgotten) >= this shows the feature (0: argmax only)
     latent_dim: NonNegInt = 0  # 0: read generator.latent_dim
+    checkpoint_every: PositiveInt = 100  # iterations between training states in out/training_state (with out=)
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -313,7 +317,8 @@ class _GANUnlearnBase:
         return generator, discriminator, images[mask], images[~mask]
 
     def _train(self, generator, discriminator, data, iterations, *, tag, extra_g=None, callback=None, offset=0,
-               total=None, seed_shift=0):
+               total=None, seed_shift=0, out=None, resume=False):
+        """One adversarial stage; with ``out``, its state is kept in ``out/training_state/<tag>`` (``resume``: continued)."""
         acc = make_accelerator(self.device, self.mixed_precision)
         torch.manual_seed(self.seed + seed_shift)
         gen = copy.deepcopy(generator).train()
@@ -324,7 +329,9 @@ class _GANUnlearnBase:
         opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr_d, betas=tuple(self.betas), fused=fused(acc.device))
         gen, disc, opt_g, opt_d = prepare(acc, gen, disc, opt_g, opt_d)
         extra = (lambda g: extra_g(acc.unwrap_model(g))) if extra_g is not None else None
-        for step in range(1, iterations + 1):
+        state = LoopState(self, out, resume, name=f"training_state/{tag}", iterations=iterations)
+        modules, optimizers = {"generator": acc.unwrap_model(gen), "discriminator": acc.unwrap_model(disc)}, {"g": opt_g, "d": opt_d}
+        for step in range(state.start(modules, optimizers), iterations + 1):
             g = torch.Generator().manual_seed((self.seed + seed_shift) * 1_000_003 + step)
             idx = torch.randint(len(data), (self.batch_size,), generator=g)
             real = data[idx].to(acc.device)
@@ -334,6 +341,8 @@ class _GANUnlearnBase:
             self.history_.append({"step": offset + step, **logs})
             if callback is not None:
                 callback(offset + step, {"total": total or iterations, **logs})
+            state.save(step, modules, optimizers)
+        state.finish()
         return acc.unwrap_model(gen).eval().requires_grad_(False), acc.unwrap_model(disc).eval().requires_grad_(False)
 
     # -------------------------------------------------------------------------------------------
@@ -419,11 +428,13 @@ class AdaptThenUnlearn(_GANUnlearnBase):
     _key = "adapt_then_unlearn"
 
     def fit(self, gan, *, forget=None, classifier=None, callback: Callback | None = None,
-            adapted: nn.Module | Sequence[nn.Module] | None = None, **_) -> "AdaptThenUnlearn":
+            adapted: nn.Module | Sequence[nn.Module] | None = None, out=None, resume: bool = False, **_) -> "AdaptThenUnlearn":
         """Unlearn ``forget`` (class id(s) of ``classifier``, or None for a one-score classifier) from ``gan``.
 
         ``gan``: ``(generator, discriminator)`` or a GAN folder/spec. ``adapted``: stage-1 generator(s)
         to reuse (skips stage 1). Sets ``generator_``, ``discriminator_``, ``adapted_``, ``history_``.
+        With ``out``, each stage's state is kept in ``out/training_state`` (the adapted generator once stage 1
+        ends); ``resume=True`` continues where the run stopped.
         """
         check_settings(self)
         if self.repulsion not in REPULSIONS:
@@ -431,8 +442,16 @@ class AdaptThenUnlearn(_GANUnlearnBase):
         t0 = time.perf_counter()
         generator, discriminator, negatives, positives = self._prepare(gan, forget, classifier)
         total = (0 if adapted is not None else self.adapt_iterations) + self.unlearn_iterations
+        self.history_ = []
+        stage1 = None if out is None else Path(out) / "training_state" / "adapted"
+        if adapted is None and resume and stage1 is not None and (stage1 / "state.json").is_file():  # stage 1 had ended
+            adapted_g = copy.deepcopy(generator).eval().requires_grad_(False)
+            check_resumable(load_json(stage1 / "state.json")["extra"]["settings"], method_settings(self), stage1)
+            self.history_ = load_training_state(stage1, modules={"generator": adapted_g})[1]["history"]
+            adapted = [adapted_g]
+            offset, total = self.adapt_iterations, self.adapt_iterations + self.unlearn_iterations
         # stage 1: negative adaptation with EWC
-        if adapted is None:
+        elif adapted is None:
             anchor = _state(generator)
             fisher = diagonal_fisher(generator, discriminator, self.latent_dim_, samples=self.fisher_samples,
                                      normalize=self.fisher_normalize, seed=self.seed)
@@ -446,7 +465,10 @@ class AdaptThenUnlearn(_GANUnlearnBase):
                                                    for n, p in _float_params(g))
 
             adapted_g, _ = self._train(generator, discriminator, negatives, self.adapt_iterations, tag="adapt",
-                                       extra_g=ewc, callback=callback, total=total, seed_shift=1)
+                                       extra_g=ewc, callback=callback, total=total, seed_shift=1, out=out, resume=resume)
+            if stage1 is not None:
+                save_training_state(stage1, step=self.adapt_iterations, modules={"generator": adapted_g},
+                                    extra={"history": self.history_, "settings": method_settings(self)})
             adapted = [adapted_g]
             offset = self.adapt_iterations
         else:
@@ -473,9 +495,11 @@ class AdaptThenUnlearn(_GANUnlearnBase):
 
         self.generator_, self.discriminator_ = self._train(generator, discriminator, positives, self.unlearn_iterations,
                                                            tag="unlearn", extra_g=repel, callback=callback,
-                                                           offset=offset, total=total, seed_shift=2)
+                                                           offset=offset, total=total, seed_shift=2, out=out, resume=resume)
         with torch.no_grad():
             self.final_distance_ = float(parameter_distance(self.generator_, anchors, scale))
+        if out is not None and (Path(out) / "training_state").exists():
+            shutil.rmtree(Path(out) / "training_state")
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
@@ -487,12 +511,16 @@ class GANFineTune(_GANUnlearnBase):
 
     _key = "gan_finetune"
 
-    def fit(self, gan, *, forget=None, classifier=None, callback: Callback | None = None, **_) -> "GANFineTune":
+    def fit(self, gan, *, forget=None, classifier=None, callback: Callback | None = None, out=None, resume: bool = False,
+            **_) -> "GANFineTune":
         check_settings(self)
         t0 = time.perf_counter()
         generator, discriminator, _, positives = self._prepare(gan, forget, classifier)
+        self.history_ = []
         self.generator_, self.discriminator_ = self._train(generator, discriminator, positives, self.unlearn_iterations,
-                                                           tag="finetune", callback=callback, seed_shift=2)
+                                                           tag="finetune", callback=callback, seed_shift=2, out=out, resume=resume)
+        if out is not None and (Path(out) / "training_state").exists():
+            shutil.rmtree(Path(out) / "training_state")
         self.train_seconds_ = time.perf_counter() - t0
         return self
 

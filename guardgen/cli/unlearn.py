@@ -71,7 +71,7 @@ def concept(
     if ref.kind == "gan":
         return _concept_gan(model, forget=forget, method=method, iterations=iterations, sets=set_, out=out, oracle=oracle,
                             samples=max(20 * eval_per_class, 200), evaluate=evaluate, seed=seed, device=device,
-                            mixed_precision=mixed_precision)
+                            mixed_precision=mixed_precision, resume=resume)
     if ref.kind not in ("pipeline",):
         raise GuardgenError(f"{model}: holds a {ref.kind}; unlearn concept needs a diffusion pipeline folder or a GAN folder")
     cls = UNLEARN.get(method)
@@ -128,7 +128,7 @@ def concept(
 
 
 def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets: list[str], out: Path, oracle: str,
-                 samples: int, evaluate: bool, seed: int, device: str, mixed_precision: str) -> None:
+                 samples: int, evaluate: bool, seed: int, device: str, mixed_precision: str, resume: bool) -> None:
     """`unlearn concept` on a GAN folder: Adapt-then-Unlearn (or the fine-tune baseline) with the oracle as classifier."""
     from rich.markup import escape
 
@@ -158,7 +158,7 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
     runner = configure(cls, params, name=method)
     console.print(f"unlearning class(es) {classes} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
     with progress_callback(method, keys=("loss_d", "loss_g", "reg")) as callback:
-        runner.fit((generator, discriminator), forget=classes, classifier=judge, callback=callback)
+        runner.fit((generator, discriminator), forget=classes, classifier=judge, callback=callback, out=out, resume=resume)
     runner.save_pretrained(out, extra={"original_model": model, "guardgen_version": __version__, "seed": seed})
     if not evaluate:
         console.print(f"saved to {out} (not evaluated)")

@@ -196,3 +196,33 @@ def test_user_modules_save_and_reload(tmp_path, gan):
     assert config["generator_class"].endswith("TinyG")
     z = torch.randn(2, 8)
     assert torch.equal(m.generator_(z), g2(z))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method,stop", [("adapt_then_unlearn", 5), ("adapt_then_unlearn", 13), ("gan_finetune", 5)])
+def test_an_interrupted_gan_unlearning_resumes_exactly(gan, tmp_path, method, stop):
+    """Stopped in stage 1 (step 5) or stage 2 (step 13; stage 1 ended at 8), then resumed: the steps after the last
+    saved state only (stage 1 is not run again), and the generator of an uninterrupted run."""
+    g, d = gan
+    kw = dict(num_samples=200, unlearn_iterations=8, batch_size=16, checkpoint_every=2, device="cpu")
+    if method == "adapt_then_unlearn":
+        kw.update(adapt_iterations=8, ewc_lambda=0.01, repulsion="negative", gamma=1e-4)
+    ref = UNLEARN.get(method)(**kw).fit((g, d), classifier=bright_corner)
+
+    def halt(step, logs):
+        if step == stop:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        UNLEARN.get(method)(**kw).fit((g, d), classifier=bright_corner, callback=halt, out=tmp_path)
+    steps = []
+    run = UNLEARN.get(method)(**kw).fit((g, d), classifier=bright_corner, out=tmp_path, resume=True,
+                                        callback=lambda step, logs: steps.append(step))
+    assert steps[0] == stop and steps[-1] == len(ref.history_)  # the last state was saved after step stop - 1
+    assert [h["step"] for h in run.history_] == [h["step"] for h in ref.history_]
+    for a, b in zip(ref.generator_.state_dict().values(), run.generator_.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not (tmp_path / "training_state").exists()
