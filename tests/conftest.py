@@ -65,3 +65,21 @@ def make_sources(n: int, seed: int, res: int = 8, n_src: int = 5):
 def make_sources_fixture():
     """``make_sources(n, seed)``: n images per source of 5 sources with planted fingerprints, and their labels."""
     return make_sources
+
+
+class Interrupted(Exception):
+    """A run cut short by a ``stop_at`` callback, where Ctrl-C would have stopped it."""
+
+
+@pytest.fixture(name="stop_at")
+def stop_at_fixture():
+    """``stop_at(n, stage=None)``: a ``callback(step, logs)`` raising ``stop_at.error`` at step ``n`` (of that stage)."""
+
+    def make(n: int, stage: str | None = None):
+        def callback(step, logs):
+            if step == n and (stage is None or logs.get("stage") == stage):
+                raise Interrupted
+        return callback
+
+    make.error = Interrupted
+    return make

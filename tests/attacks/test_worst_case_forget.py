@@ -207,25 +207,14 @@ def test_bad_settings_are_one_line_errors(kw, message):
         WorstCaseForget(size=2, device="cpu").fit(model, (x, y), method=object())
 
 
-class Interrupt(Exception):
-    pass
-
-
-def stop_at(iteration):
-    def callback(it, logs):
-        if it == iteration:
-            raise Interrupt
-    return callback
-
-
-def test_an_interrupted_gap_search_resumes_without_training_the_references_again(tmp_path):
+def test_an_interrupted_gap_search_resumes_without_training_the_references_again(tmp_path, stop_at):
     """Cut short at upper step 3 of 4: --resume keeps the reference losses and the steps done, and ends where an
     uninterrupted search ends; a state for other settings or other data is refused in one line."""
     model, x, y, _ = planted_points()
     kw = dict(size=8, iterations=4, inner_steps=2, batch_size=16, w_lr=0.05, upper_signal="gap", reference_folds=2, device="cpu")
     ref = WorstCaseForget(**kw).fit(model, (x, y), method=ft_form, reference=RecordingTrainer())
     state = tmp_path / "search"
-    with pytest.raises(Interrupt):
+    with pytest.raises(stop_at.error):
         WorstCaseForget(**kw).fit(model, (x, y), method=ft_form, reference=RecordingTrainer(), state_dir=state, callback=stop_at(3))
     with pytest.raises(GuardgenError, match="used other settings \\(w_lr\\)"):
         WorstCaseForget(**{**kw, "w_lr": 0.1}).fit(model, (x, y), method=ft_form, reference=RecordingTrainer(), state_dir=state, resume=True)
@@ -240,7 +229,7 @@ def test_an_interrupted_gap_search_resumes_without_training_the_references_again
     assert not state.exists()
 
 
-def test_an_interrupted_diffusion_search_resumes(tiny_class_pipeline, tmp_path):
+def test_an_interrupted_diffusion_search_resumes(tiny_class_pipeline, tmp_path, stop_at):
     from guardgen.models.diffusion import load_diffusion
 
     pipe = load_diffusion(tiny_class_pipeline)
@@ -250,7 +239,7 @@ def test_an_interrupted_diffusion_search_resumes(tiny_class_pipeline, tmp_path):
     kw = dict(size=2, mode="class", iterations=3, inner_steps=1, batch_size=16, eval_per_class=3, w_lr=1.0,
               upper_signal="ratio", device="cpu")
     ref = WorstCaseForget(**kw).fit_diffusion(pipe, (images, labels), method=ga)
-    with pytest.raises(Interrupt):
+    with pytest.raises(stop_at.error):
         WorstCaseForget(**kw).fit_diffusion(pipe, (images, labels), method=ga, state_dir=tmp_path / "s", callback=stop_at(2))
     run = WorstCaseForget(**kw).fit_diffusion(pipe, (images, labels), method=ga, state_dir=tmp_path / "s", resume=True)
     assert run.history_ == ref.history_ and run.indices_ == ref.indices_

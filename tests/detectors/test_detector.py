@@ -64,26 +64,15 @@ def test_losses_read_back_every_few_steps_are_logged_step_by_step(mode):
     assert torch.equal(det.predict_proba(real), ref.predict_proba(real))
 
 
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_at(n):
-    def callback(step, logs):
-        if step == n:
-            raise Interrupt
-    return callback
-
-
 @pytest.mark.parametrize("mode,augment,stop", [("finetune", 0.5, 7), ("finetune", 0.0, 5), ("linear_probe", 0.0, 8)])
-def test_an_interrupted_fit_resumes_step_for_step(tmp_path, mode, augment, stop):
+def test_an_interrupted_fit_resumes_step_for_step(tmp_path, mode, augment, stop, stop_at):
     """Stopped mid-epoch (7, 8) or at an epoch's end (5 steps an epoch), then resumed: the same as one run."""
     real, fake = planted(40, 0)
     kw = dict(epochs=3, mode=mode, augment=augment, blur_sigma=(0.0, 1.0), checkpoint_every=2, log_every=3)
     ref = tiny(**kw).fit(real, fake)
     state = tmp_path / "state"
-    with pytest.raises(Interrupt):
-        tiny(**kw).fit(real, fake, state_dir=state, callback=interrupt_at(stop))
+    with pytest.raises(stop_at.error):
+        tiny(**kw).fit(real, fake, state_dir=state, callback=stop_at(stop))
     assert (state / "state.json").is_file()
     steps = []
     det = tiny(**kw).fit(real, fake, state_dir=state, resume=True, callback=lambda step, logs: steps.append(step))
@@ -93,11 +82,11 @@ def test_an_interrupted_fit_resumes_step_for_step(tmp_path, mode, augment, stop)
     assert not state.exists()  # removed once training ended
 
 
-def test_without_resume_an_old_state_is_not_used(tmp_path):
+def test_without_resume_an_old_state_is_not_used(tmp_path, stop_at):
     real, fake = planted(40, 0)
     state = tmp_path / "state"
-    with pytest.raises(Interrupt):
-        tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=interrupt_at(6))
+    with pytest.raises(stop_at.error):
+        tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=stop_at(6))
     steps = []
     tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=lambda step, logs: steps.append(step))
     assert steps == list(range(1, 11))
@@ -230,10 +219,10 @@ def test_a_model_arg_value_the_backbone_cannot_build_with_is_one_line(backbone, 
         Detector(backbone=backbone, model_args=args, epochs=0, input_size=32, device="cpu").fit(real, fake)
 
 
-def test_resuming_with_other_settings_is_one_line(tmp_path):
+def test_resuming_with_other_settings_is_one_line(tmp_path, stop_at):
     real, fake = planted(40, 0)
     state = tmp_path / "state"
-    with pytest.raises(Interrupt):
-        tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=interrupt_at(6))
+    with pytest.raises(stop_at.error):
+        tiny(epochs=2, checkpoint_every=2).fit(real, fake, state_dir=state, callback=stop_at(6))
     with pytest.raises(GuardgenError, match="used other settings \\(model_args\\)"):
         tiny(epochs=2, model_args={"width": 16}).fit(real, fake, state_dir=state, resume=True)

@@ -41,12 +41,8 @@ def test_omat_needs_a_diffusion_latent():
         OMAT().fit(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), pipe=torch.nn.Linear(2, 2))
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stop_stage,stop_step", [("base", 2), ("train round 1", 1), ("train round 2", 3)])
-def test_an_interrupted_omat_run_resumes_as_one_run(tiny_class_pipeline, tmp_path, stop_stage, stop_step):
+def test_an_interrupted_omat_run_resumes_as_one_run(tiny_class_pipeline, tmp_path, stop_stage, stop_step, stop_at):
     """Cut short while training the base, in round 1 (after the offline pool) or mid round 2 (after a refresh),
     then resumed: pool, attack log, history and detector as one uninterrupted run, and the state is removed."""
     from guardgen.models import load_model
@@ -62,13 +58,9 @@ def test_an_interrupted_omat_run_resumes_as_one_run(tiny_class_pipeline, tmp_pat
 
     ref = make().fit(real, fake, pipe=pipe)
 
-    def stop(step, logs):
-        if logs.get("stage") == stop_stage and step == stop_step and "loss" in logs:
-            raise Interrupt
-
     state = tmp_path / "omat-state"
-    with pytest.raises(Interrupt):
-        make().fit(real, fake, pipe=pipe, state_dir=state, callback=stop)
+    with pytest.raises(stop_at.error):
+        make().fit(real, fake, pipe=pipe, state_dir=state, callback=stop_at(stop_step, stop_stage))
     stages = []
     run = make().fit(real, fake, pipe=pipe, state_dir=state, resume=True,
                      callback=lambda step, logs: stages.append(logs.get("stage")))
@@ -81,7 +73,7 @@ def test_an_interrupted_omat_run_resumes_as_one_run(tiny_class_pipeline, tmp_pat
     assert not state.exists()
 
 
-def test_resuming_omat_with_other_settings_is_one_line(tiny_class_pipeline, tmp_path):
+def test_resuming_omat_with_other_settings_is_one_line(tiny_class_pipeline, tmp_path, stop_at):
     from guardgen.models import load_model
 
     pipe = load_model(str(tiny_class_pipeline))
@@ -90,11 +82,7 @@ def test_resuming_omat_with_other_settings_is_one_line(tiny_class_pipeline, tmp_
     kw = dict(detector={"backbone": "guardgen_digitnet", "model_args": {"width": 4}, "epochs": 1, "batch_size": 8, "device": "cpu"},
               attack={"steps": 1, "num_inference_steps": 2}, pool_size=4, refresh_every=1, refresh_size=2, epochs=2)
 
-    def stop(step, logs):
-        if logs.get("stage") == "train round 2":
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        OMAT(**kw).fit(real, fake, pipe=pipe, state_dir=tmp_path / "s", callback=stop)
+    with pytest.raises(stop_at.error):
+        OMAT(**kw).fit(real, fake, pipe=pipe, state_dir=tmp_path / "s", callback=stop_at(1, "train round 2"))
     with pytest.raises(GuardgenError, match="used other settings \\(refresh_size\\)"):
         OMAT(**{**kw, "refresh_size": 4}).fit(real, fake, pipe=pipe, state_dir=tmp_path / "s", resume=True)

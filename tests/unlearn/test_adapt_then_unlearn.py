@@ -198,12 +198,8 @@ def test_user_modules_save_and_reload(tmp_path, gan):
     assert torch.equal(m.generator_(z), g2(z))
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("method,stop", [("adapt_then_unlearn", 5), ("adapt_then_unlearn", 13), ("gan_finetune", 5)])
-def test_an_interrupted_gan_unlearning_resumes_exactly(gan, tmp_path, method, stop):
+def test_an_interrupted_gan_unlearning_resumes_exactly(gan, tmp_path, method, stop, stop_at):
     """Stopped in stage 1 (step 5) or stage 2 (step 13; stage 1 ended at 8), then resumed: the steps after the last
     saved state only (stage 1 is not run again), and the generator of an uninterrupted run."""
     g, d = gan
@@ -212,12 +208,8 @@ def test_an_interrupted_gan_unlearning_resumes_exactly(gan, tmp_path, method, st
         kw.update(adapt_iterations=8, ewc_lambda=0.01, repulsion="negative", gamma=1e-4)
     ref = UNLEARN.get(method)(**kw).fit((g, d), classifier=bright_corner)
 
-    def halt(step, logs):
-        if step == stop:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        UNLEARN.get(method)(**kw).fit((g, d), classifier=bright_corner, callback=halt, out=tmp_path)
+    with pytest.raises(stop_at.error):
+        UNLEARN.get(method)(**kw).fit((g, d), classifier=bright_corner, callback=stop_at(stop), out=tmp_path)
     steps = []
     run = UNLEARN.get(method)(**kw).fit((g, d), classifier=bright_corner, out=tmp_path, resume=True,
                                         callback=lambda step, logs: steps.append(step))

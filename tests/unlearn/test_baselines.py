@@ -95,26 +95,18 @@ def test_retrain_maps_text_concepts_to_their_class(monkeypatch, tmp_path, tiny_c
         Retrain(zoo_name="mnist-t2i").fit(TextZooModel(), forget=["a purple cow"], out=tmp_path / "b")
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("make,fit", [
     (lambda: ESD(iterations=7, batch_size=4, ddim_steps=3, lr=1e-3, checkpoint_every=2, device="cpu"), {"forget": [7]}),
     (lambda: GA(iterations=7, batch_size=8, samples_per_condition=8, sample_steps=2, lr=1e-3, checkpoint_every=2, device="cpu"),
      {"forget": [7], "retain": [1, 2]}),
 ])
-def test_an_interrupted_baseline_resumes_to_the_same_unet(tiny_class_pipeline, tmp_path, make, fit):
+def test_an_interrupted_baseline_resumes_to_the_same_unet(tiny_class_pipeline, tmp_path, make, fit, stop_at):
     """Stopped in iteration 6 (last saved: 4), resumed: iterations 5-7 only, and the weights of an uninterrupted run."""
     pipe = load_diffusion(tiny_class_pipeline)
     ref = make().fit(pipe, **fit)
 
-    def stop(step, logs):
-        if step == 6:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        make().fit(pipe, **fit, out=tmp_path, callback=stop)
+    with pytest.raises(stop_at.error):
+        make().fit(pipe, **fit, out=tmp_path, callback=stop_at(6))
     assert (tmp_path / "training_state" / "state.json").is_file()
     with pytest.raises(GuardgenError, match="used other settings \\(lr\\)"):
         method = make()

@@ -148,18 +148,14 @@ def test_evaluate_redaction_samples_both_models_on_the_same_seeds(tiny_sd_pipeli
 
 
 @pytest.mark.parametrize("variant", ["full", "lora"])
-def test_an_interrupted_redaction_resumes_exactly(tiny_sd_pipeline, tmp_path, variant):
+def test_an_interrupted_redaction_resumes_exactly(tiny_sd_pipeline, tmp_path, variant, stop_at):
     pipe = load_model(str(tiny_sd_pipeline))
     kw = dict(variant=variant, iterations=5, lr=1e-3, batch_size=4, random_prompts=4, checkpoint_every=2, device="cpu")
     fit = dict(forget=["a red bird"], override=["a cat"])
     ref = Redaction(**kw).fit(pipe, **fit)
 
-    def stop(step, logs):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Redaction(**kw).fit(pipe, **fit, out=tmp_path, callback=stop)
+    with pytest.raises(stop_at.error):
+        Redaction(**kw).fit(pipe, **fit, out=tmp_path, callback=stop_at(4))
     steps = []
     run = Redaction(**kw).fit(pipe, **fit, out=tmp_path, resume=True, callback=lambda step, logs: steps.append(step))
     assert steps == [3, 4, 5] and all(a == pytest.approx(b) for a, b in zip(run.history_, ref.history_))
