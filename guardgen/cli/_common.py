@@ -29,7 +29,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def guarded(fn: Callable) -> Callable:
-    """Turn user errors into one line on stderr and exit code 2; Ctrl-C into exit 130 with a resume hint."""
+    """Turn user errors into one line on stderr and exit code 2; Ctrl-C into exit 130 (with a resume hint where the
+    command has ``--resume``)."""
+    resumable = "resume" in inspect.signature(fn).parameters
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -50,8 +52,6 @@ def guarded(fn: Callable) -> Callable:
             hint = "; rerun with --resume to continue" if resumable else ""
             err_console.print(f"[yellow]interrupted[/]: finished files are kept{hint}")
             raise typer.Exit(130)
-
-    resumable = "resume" in inspect.signature(fn).parameters
 
     return wrapper
 
