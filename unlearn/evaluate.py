@@ -84,13 +84,15 @@ def evaluate_concept_unlearning(
     return result
 
 
-def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retain: Sequence = (), expand: bool = False) -> dict:
+def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retain: Sequence = (), expand: bool = False,
+                 require_retain: bool = True) -> dict:
     """Resolve what to forget, what it becomes, what to retain, and which oracle class each condition depicts.
 
     Class models: ids. Text models: prompts; the zoo's ``mnist-t2i`` knows the digit of each of its
     phrasings (``concept_class``), which gives the oracle classes and the held-out paraphrases.
     ``expand`` adds the model's other training phrasings of the same concept to the forget set
-    (the held-out phrasings stay out, to measure leakage).
+    (the held-out phrasings stay out, to measure leakage). ``require_retain=False``: a text model with neither a
+    prompt table nor ``retain`` gets an empty retained set (a method with retained prompts of its own: redaction).
     """
     from guardgen.errors import GuardgenError
 
@@ -120,7 +122,7 @@ def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retai
         classes.update({p: concept_class(p) for p in extra})
         plan["forget"] = forget
     retain = [cond.parse(c) for c in retain] or [p for c, ps in table.items() if int(c) not in forgotten_classes for p in ps]
-    if not retain:
+    if not retain and require_retain:
         raise GuardgenError("no retained prompts: pass --retain for a text model without a prompt table")
     plan["retain"] = retain
     if concept_class is None:  # a user text model: no oracle mapping

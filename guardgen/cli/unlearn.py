@@ -181,6 +181,7 @@ def redact(
     prompts: Annotated[list[str], typer.Option(help="Prompts (or class ids) to redact, or a file with one per line (repeatable).")],
     reference: Annotated[list[str], typer.Option(help="Reference (safe) prompt or class the redacted ones map to.")],
     replace: Annotated[list[str], typer.Option(help="Keyword rule KEY=VALUE: any prompt with KEY is redacted to the prompt with VALUE (repeatable).")] = [],
+    retain: Annotated[list[str], typer.Option(help="Prompts to keep in place, besides the model's own prompts, generic captions and random word strings (repeatable).")] = [],
     expand: Annotated[bool, typer.Option(help="Zoo text models: also redact the model's other known phrasings of the concept.")] = True,
     variant: Annotated[str, typer.Option(help="Trainable part of the text encoder: full, last_layers or lora.", rich_help_panel=PANEL_METHOD)] = "full",
     iterations: Annotated[Optional[int], typer.Option(min=1, help="Distillation steps.", show_default="the method's", rich_help_panel=PANEL_METHOD)] = None,
@@ -191,6 +192,7 @@ def redact(
     evaluate: Annotated[bool, typer.Option(help="Score the redaction with the oracle (zoo models).", rich_help_panel=PANEL_EVAL)] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted distillation from --out's training_state/.")] = False,
 ) -> None:
     """Redact prompts from a conditional model by distilling its conditioning network (the generator stays frozen)."""
     from rich.markup import escape
@@ -220,14 +222,15 @@ def redact(
         rules[key.strip()] = value.strip()
     pipe = load_model(model, device=model_device(device))
     cond = conditioning_for(pipe)
-    plan = concept_plan(pipe, cond, forget=items, override=reference, expand=expand and cond.kind == "text")
+    plan = concept_plan(pipe, cond, forget=items, override=reference, expand=expand and cond.kind == "text", require_retain=False)
     params = {"seed": seed, "device": device, "variant": variant, "replace": rules, **parse_sets(set_)}
     if iterations is not None:
         params["iterations"] = iterations
     runner = UNLEARN.create("redaction", **params)
     console.print(f"redacting {len(plan['forget'])} conditional(s) of [bold]{escape(model)}[/] -> {escape(str(reference))} ({variant})")
     with progress_callback("redaction", keys=("loss_redact", "loss_retain")) as callback:
-        runner.fit(pipe, forget=plan["forget"], override=plan["override"], callback=callback)
+        runner.fit(pipe, forget=plan["forget"], retain=[cond.parse(r) for r in retain], override=plan["override"],
+                   callback=callback, out=out, resume=resume)
     redacted = runner.to_pipeline(pipe)
     save_pipeline(redacted, out)
     run = {"guardgen_version": __version__, "method": "redaction", "original_model": model, "original_path": str(ref.path),

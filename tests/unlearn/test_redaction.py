@@ -119,6 +119,34 @@ def test_cli_redact_a_class_model(tmp_path, tiny_class_pipeline):
     assert torch.equal(load_model(str(out)).unet.class_embedding.weight[3], load_model(str(tiny_class_pipeline)).unet.class_embedding.weight[5])
 
 
+def test_cli_redact_resumes_an_interrupted_distillation(tmp_path, tiny_sd_pipeline, monkeypatch):
+    """A user's Stable Diffusion folder (no prompt table: this used to stop at "pass --retain", an option redact did not
+    have). Ctrl-C after step 2 of 4 (state saved at 2): exit 130 with the hint; --resume runs steps 3-4 only and saves."""
+    from unlearn._resume import LoopState
+
+    args = ["unlearn", "redact", "--model", str(tiny_sd_pipeline), "--prompts", "a red bird", "--reference", "a cat",
+            "--retain", "a blue car", "--iterations", "4", "--set", "checkpoint_every=2", "--set", "random_prompts=4", "--set", "batch_size=4",
+            "--no-evaluate", "--device", "cpu", "--out", str(tmp_path / "red")]
+    save = LoopState.save
+
+    def save_then_stop(self, step, *a, **kw):
+        save(self, step, *a, **kw)
+        if step == 2 and not self.resume:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LoopState, "save", save_then_stop)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130 and "--resume" in result.output, result.output
+    assert (tmp_path / "red" / "training_state" / "state.json").is_file()
+    starts = []
+    start = LoopState.start
+    monkeypatch.setattr(LoopState, "start", lambda self, *a, **kw: starts.append(start(self, *a, **kw)) or starts[-1])
+    result = CliRunner().invoke(app, args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert starts == [3] and (tmp_path / "red" / "run.json").is_file()
+    assert not (tmp_path / "red" / "training_state").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--prompts", "3", "--reference", "3"], "equals the forgotten concept"),
     (["--prompts", "3", "--reference", "5", "--replace", "seven"], "expected KEY=VALUE"),
