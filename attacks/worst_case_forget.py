@@ -155,11 +155,12 @@ class WorstCaseForget:
         return {**state, "iteration": meta["iteration"], "seconds": meta["seconds"]}
 
     def _checkpoint(self, state_dir: Path | None, it: int, g: torch.Generator, seconds: float, tensors: dict) -> None:
-        """After upper step ``it``: the weights, what the results need, and the random state, as one folder."""
+        """After upper step ``it`` (0: before the first): the selection weights, the signal's fixed reference, and the
+        random state, as one folder."""
         if state_dir is None:
             return
         with atomic_dir(state_dir) as tmp:
-            save_safetensors({**{k: v.detach().clone() for k, v in tensors.items() if v is not None},  # clones: no shared storage
+            save_safetensors({**{k: v.detach().clone() for k, v in tensors.items() if v is not None},
                               "generator": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "search.safetensors")
             save_json({"iteration": it, "seconds": seconds, "history": self.history_, "settings": settings_record(self, skip=("device",))},
                       tmp / "state.json")
@@ -204,7 +205,6 @@ class WorstCaseForget:
         if state is not None:
             t0 -= state["seconds"]
             ref, w, start = state.get("ref"), state["w"], state["iteration"] + 1
-            losses, sample_signal, top = state.get("losses"), state.get("sample_signal"), state.get("top")
         else:
             ref = self._reference_losses(model, x, y, class_of, n_w, reference) if self.upper_signal == "gap" else None
             w, start = torch.full((n_w,), self.size / n_w, dtype=torch.float64), 1
@@ -236,8 +236,8 @@ class WorstCaseForget:
             w_before = w
             w, top = self._upper_step(w, signal, it)
             self._log(it, w_before, signal, top, callback)
-            self._checkpoint(state_dir, it, g, time.perf_counter() - t0,
-                             {"w": w, "ref": ref, "losses": losses, "sample_signal": sample_signal, "top": top})
+            if it < self.iterations:  # after the last step the search ends, and its state with it
+                self._checkpoint(state_dir, it, g, time.perf_counter() - t0, {"w": w, "ref": ref})
         if state_dir is not None and state_dir.exists():
             shutil.rmtree(state_dir)
         self.weights_ = w.float()
@@ -334,7 +334,7 @@ class WorstCaseForget:
         state = self._restore(state_dir, resume, g, len(names))
         if state is not None:
             t0 -= state["seconds"]
-            base, w, start, losses, top = state.get("base"), state["w"], state["iteration"] + 1, state.get("losses"), state.get("top")
+            base, w, start = state.get("base"), state["w"], state["iteration"] + 1
         else:
             base = condition_losses() if self.upper_signal == "ratio" else None
             w, start = torch.full((len(names),), self.size / len(names), dtype=torch.float64), 1
@@ -357,7 +357,8 @@ class WorstCaseForget:
             w_before = w
             w, top = self._upper_step(w, losses, it)
             self._log(it, w_before, losses, top, callback)
-            self._checkpoint(state_dir, it, g, time.perf_counter() - t0, {"w": w, "base": base, "losses": losses, "top": top})
+            if it < self.iterations:
+                self._checkpoint(state_dir, it, g, time.perf_counter() - t0, {"w": w, "base": base})
         if state_dir is not None and state_dir.exists():
             shutil.rmtree(state_dir)
         self.conditions_ = names

@@ -270,7 +270,8 @@ class Detector:
                 seen += len(idx)
                 if len(pending) >= self.log_every:
                     flush()
-                if state_dir is not None and ((step + len(pending)) % self.checkpoint_every == 0 or batch + 1 == steps_per_epoch):
+                last = epoch + 1 == self.epochs and batch + 1 == steps_per_epoch  # the state would be removed at once
+                if state_dir is not None and not last and ((step + len(pending)) % self.checkpoint_every == 0 or batch + 1 == steps_per_epoch):
                     checkpoint(epoch, batch + 1)
         flush()
         if state_dir is not None and state_dir.exists():

@@ -162,7 +162,7 @@ class OMAT:
                     state_dir=None if state_dir is None else state_dir / "round-fit")
             done += det.epochs
             round_ += 1
-            if state_dir is not None:
+            if state_dir is not None and done < self.epochs:  # after the last round the state is removed
                 save_round()
         det.warm_start, det.lr = False, base.lr
         self.pool_ = pool
