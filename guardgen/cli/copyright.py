@@ -111,7 +111,7 @@ def sample(
     quantile: Annotated[float, typer.Option(min=0.0, max=1.0, help="k = this quantile of max_i log2 p/q_i on the clean conditions.", rich_help_panel=PANEL_CPK)] = 0.95,
     calibration_samples: Annotated[int, typer.Option(min=1, help="Samples per clean condition for calibration.", rich_help_panel=PANEL_CPK)] = 32,
     steps: Annotated[int, typer.Option(min=1, help="Stochastic DDIM steps.", rich_help_panel=PANEL_CPK)] = 25,
-    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance of every model (1: none).", rich_help_panel=PANEL_CPK)] = 1.0,
+    guidance_scale: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance of every model (1: none).", rich_help_panel=PANEL_CPK)] = 1.0,
     max_draws: Annotated[int, typer.Option(min=1, help="Give up after this many draws per requested sample.", rich_help_panel=PANEL_CPK)] = 50,
     shards: Annotated[Optional[Path], typer.Option(help="Shards folder: report reproduction of its protected works.")] = None,
     delta: Annotated[float, typer.Option(min=0.0, help="Reproduction: RMS pixel distance to a protected work below this.")] = 0.1,

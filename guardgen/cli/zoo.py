@@ -97,7 +97,7 @@ def show(
     out: Annotated[Path, typer.Option(help="Folder for the sample grid PNG and results.json.")] = Path("runs/show"),
     per_class: Annotated[int, typer.Option(min=1, help="Samples per class.")] = 10,
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps (DDIM).")] = 50,
-    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance.", show_default="the model's")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(min=0.0, help="Classifier-free guidance (0: unconditional, 1: none).", show_default="the model's")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     oracle: Annotated[str, typer.Option(help="Classifier that scores the samples.")] = "zoo:mnist-oracle",
 ) -> None:

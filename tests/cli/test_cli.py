@@ -73,6 +73,7 @@ def test_zoo_build_from_the_cli(tmp_path):
     (("zoo", "show", "zoo:mnist-oracle", "--oracle", "zoo:mnist-ddpm"), "holds a pipeline"),
     (("zoo", "build", "mnist-ddpm", "--set", "lr=-1"), "mnist-ddpm: setting lr=-1: must be > 0"),
     (("zoo", "show", "mnist-ddpm", "--steps", 0), "Invalid value for '--steps'"),  # counts are bounded at the option
+    (("zoo", "show", "mnist-ddpm", "--guidance-scale", -3), "Invalid value for '--guidance-scale'"),
     (("detect", "train", "--real", "mnist", "--fake", "zoo:mnist-ddpm", "--resolution", 0), "Invalid value for '--resolution'"),
     (("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--eval-per-class", 0), "Invalid value for '--eval-per-class'"),
 ])
