@@ -249,6 +249,31 @@ class WorstCaseForget:
         self.search_seconds_ = time.perf_counter() - t0
         return self
 
+    _RESULT = ("weights_", "losses_", "sample_signal_", "reference_losses_", "indices_", "sample_indices_")
+
+    def save_result(self, folder: str | Path) -> None:
+        """Keep a finished classifier search in ``folder`` (tensors, history, time and settings), so that a run
+        stopped after it, in the evaluation, need not search again (:meth:`load_result`)."""
+        tensors = {k: getattr(self, k) for k in self._RESULT if isinstance(getattr(self, k, None), torch.Tensor)}
+        with atomic_dir(folder) as tmp:
+            save_safetensors({k: v.detach().cpu().clone() for k, v in tensors.items()}, tmp / "result.safetensors")
+            save_json({"search_seconds": self.search_seconds_, "history": self.history_,
+                       "settings": settings_record(self, skip=("device",))}, tmp / "result.json")
+
+    def load_result(self, folder: str | Path, num_samples: int) -> "WorstCaseForget":
+        """The search :meth:`save_result` kept, refused if it ran under other settings or over data of another size."""
+        folder = Path(folder)
+        meta = load_json(folder / "result.json")
+        check_resumable(meta["settings"], settings_record(self, skip=("device",)), folder)
+        tensors = load_safetensors(folder / "result.safetensors")
+        if len(tensors["losses_"]) != num_samples:
+            raise GuardgenError(f"{folder}: the saved search ran over {len(tensors['losses_'])} samples, this data has "
+                                f"{num_samples}; resume with the data of the interrupted run, or start again without --resume")
+        for k in self._RESULT:
+            setattr(self, k, tensors.get(k))
+        self.search_seconds_, self.history_ = meta["search_seconds"], meta["history"]
+        return self
+
     def _reference_losses(self, model, x, y, class_of, n_w: int, reference) -> torch.Tensor:
         """(N,) per-sample losses of models that never saw the sample: one trained from scratch per fold."""
         if isinstance(reference, (torch.Tensor, np.ndarray)):

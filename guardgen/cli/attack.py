@@ -89,9 +89,11 @@ def worst_case_forget(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search from --out's training_state/ "
-                                         "(reference losses and upper steps kept; the evaluation after it runs whole).")] = False,
+                                         "(reference losses, upper steps and a finished search kept; the evaluation runs whole).")] = False,
 ) -> None:
     """Search the forget set that is hardest (or, --reverse, easiest) to unlearn for a classifier."""
+    import shutil
+
     import torch
 
     from attacks.worst_case_forget import WorstCaseForget
@@ -116,9 +118,16 @@ def worst_case_forget(
                              theta_lr=theta_lr, w_lr=w_lr, harden_every=harden_every, upper_signal=signal,
                              reference_folds=reference_folds, seed=seed, device=device)
     search.check_size(len(train) if mode == "data" else len(torch.unique(train.labels)), "samples" if mode == "data" else "classes")
-    with progress_callback("worst-case search", keys=("objective", "selected_loss")) as callback:
-        search.fit(net, (train.images, train.labels), method=runner, reference=reference, callback=callback,
-                   state_dir=out / "training_state", resume=resume)
+    state_dir = out / "training_state"
+    if resume and (state_dir / "search" / "result.json").is_file():  # stopped in the evaluation: the search is done
+        search.load_result(state_dir / "search", len(train))
+        console.print(f"search kept from {state_dir / 'search'}")
+    else:
+        with progress_callback("worst-case search", keys=("objective", "selected_loss")) as callback:
+            search.fit(net, (train.images, train.labels), method=runner, reference=reference, callback=callback,
+                       state_dir=state_dir, resume=resume)
+        if evaluate:
+            search.save_result(state_dir / "search")
     chosen = search.sample_indices_
     record = {"indices": search.indices_.tolist(), "sample_indices": chosen.tolist(), "mode": mode, "size": size,
               "reverse": reverse, "method": method, "signal": signal, "model": model, "data": data, "resolution": resolution,
@@ -143,6 +152,8 @@ def worst_case_forget(
         metrics["evaluation"] = {**report, "train_seconds": runner.train_seconds_}
         rows += [{"metric": f"{k} after {method}", "value": v} for k, v in report.items()]
     save_json(metrics, out / "metrics.json")
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
     title = f"worst-case forget set ({'easiest' if reverse else 'hardest'}, {mode}-wise, m={size}, {method}, signal {signal})"
     console.print(results_table(title, rows))
     console.print(f"indices: {out / 'indices.json'}  gallery: {out / 'gallery.png'}  metrics: {out / 'metrics.json'}")

@@ -144,3 +144,35 @@ def test_an_interrupted_search_resumes_with_resume(tmp_path, monkeypatch):
     ref, run = (json.loads((tmp_path / d / "indices.json").read_text()) for d in ("ref", "run"))
     assert run["indices"] == ref["indices"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["history"] == json.loads((tmp_path / "ref" / "metrics.json").read_text())["history"]
+
+
+def test_a_run_stopped_in_its_evaluation_keeps_the_search(tmp_path, monkeypatch):
+    """Ctrl-C in the evaluation after the search: --resume searches nothing again and evaluates the same selection; a
+    resume under other search settings is refused, naming them."""
+    from attacks.worst_case_forget import WorstCaseForget
+    from unlearn.classifier import FT
+
+    args = ("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 10, "--method", "ft", "--iterations", 2,
+            "--inner-steps", 1, "--epochs", 1, *QUICK)
+    assert invoke(*args, "--out", tmp_path / "ref").exit_code == 0
+    fit = FT.fit
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FT, "fit", interrupted)
+    result = invoke(*args, "--out", tmp_path / "run")
+    assert result.exit_code == 130 and "--resume" in result.output
+    assert (tmp_path / "run" / "training_state" / "search" / "result.json").is_file()
+    monkeypatch.setattr(FT, "fit", fit)
+    result = invoke(*args[:-4], "--w-lr", 0.5, *QUICK, "--out", tmp_path / "run", "--resume")
+    assert result.exit_code == 2 and "w_lr" in result.output and "Traceback" not in result.output
+    searched = []
+    monkeypatch.setattr(WorstCaseForget, "fit", lambda *a, **kw: searched.append(1))
+    result = invoke(*args, "--out", tmp_path / "run", "--resume")
+    assert result.exit_code == 0, result.output
+    assert not searched and not (tmp_path / "run" / "training_state").exists()
+    ref, run = ({f: json.loads((tmp_path / d / f).read_text()) for f in ("indices.json", "metrics.json")} for d in ("ref", "run"))
+    assert run["indices.json"]["indices"] == ref["indices.json"]["indices"]
+    assert run["metrics.json"]["history"] == ref["metrics.json"]["history"]
+    assert run["metrics.json"]["evaluation"]["ua"] == ref["metrics.json"]["evaluation"]["ua"]
