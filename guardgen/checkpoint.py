@@ -183,8 +183,8 @@ def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise GuardgenError(
-                f"{path}: refusing to unpickle a {path.suffix} file; convert it to .safetensors, "
-                "or pass --allow-pickle to read it with torch.load(weights_only=True)"
+                f"{path}: refusing to unpickle a {path.suffix} file; convert it to .safetensors "
+                "with `guardgen convert FILE` (which reads it with torch.load(weights_only=True))"
             )
         if not path.is_file():
             raise GuardgenError(f"{path}: no such weight file")
@@ -314,10 +314,14 @@ def load_training_state(
     modules: dict[str, torch.nn.Module],
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
     generator: torch.Generator | None = None,
+    settings: dict | None = None,
 ) -> tuple[int, dict]:
-    """Restore what :func:`save_training_state` wrote; returns ``(step, extra)``."""
+    """Restore what :func:`save_training_state` wrote; returns ``(step, extra)``. With ``settings`` (a
+    :func:`settings_record`), a state saved with other ``extra["settings"]`` is refused before anything is loaded."""
     folder = Path(folder)
     meta = load_json(folder / "state.json")
+    if settings is not None:
+        check_resumable(meta.get("extra", {}).get("settings"), settings, folder)
     for name, module in modules.items():
         module.load_state_dict(load_safetensors(folder / f"{name}.safetensors"))
     for name, opt in (optimizers or {}).items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from guardgen.cli import attack, attribute, audit, copyright, detect, unlearn, zoo
+from guardgen.cli import attack, attribute, audit, convert, copyright, detect, unlearn, zoo
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,7 @@ app.add_typer(attack.app, name="attack", help="Attacks that stress unlearning an
 app.add_typer(attribute.app, name="attribute", help="Open-world attribution of images to generators.")
 app.add_typer(copyright.app, name="copyright", help="Near access-freeness: shards, CP-k sampling, bounds.")
 app.command("audit", help="Audit report on a checkpoint (JSON, HTML, Markdown).", no_args_is_help=True)(audit.audit)
+app.command("convert", help="A .pt/.pth/.bin state dict -> .safetensors (read with weights_only=True).", no_args_is_help=True)(convert.convert)
 
 
 @app.command()

@@ -124,3 +124,37 @@ def test_ctrl_c_hints_at_resume_only_where_the_command_has_it(capsys):
         assert exit_info.value.exit_code == 130
         err = " ".join(capsys.readouterr().err.split())
         assert "interrupted: finished files are kept" in err and ("--resume" in err) == hint
+
+
+def test_convert_turns_a_pickle_into_safetensors_that_then_loads(tmp_path):
+    """A classifier folder with only model.pt is refused, naming `guardgen convert`; after converting, it loads with the
+    same weights. A pickle holding code is refused, and nothing is overwritten."""
+    import os
+
+    import torch
+
+    from guardgen.models import load_model
+    from guardgen.models.classifier import create_classifier
+
+    net = create_classifier("guardgen_digitnet", num_classes=10)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "guardgen_digitnet", "num_classes": 10}))
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    result = invoke("zoo", "show", tmp_path, "--out", tmp_path / "show")
+    assert result.exit_code == 2 and "guardgen convert" in result.output and "Traceback" not in result.output
+    result = invoke("convert", tmp_path / "model.pt")
+    assert result.exit_code == 0, result.output
+    loaded = load_model(str(tmp_path))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+    result = invoke("convert", tmp_path / "model.pt")
+    assert result.exit_code == 2 and "exists" in result.output
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"w": Evil()}, tmp_path / "evil.pt")
+    result = invoke("convert", tmp_path / "evil.pt")
+    assert result.exit_code == 2 and "cannot be read safely" in result.output and not (tmp_path / "evil.safetensors").exists()
+    for bad in ("model.safetensors", "nope.pt"):
+        result = invoke("convert", tmp_path / bad)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
