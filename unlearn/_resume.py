@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from guardgen.checkpoint import check_resumable, load_json, load_training_state, save_training_state, settings_record
+from guardgen.checkpoint import load_training_state, save_training_state, settings_record
 
 __all__ = ["LoopState", "method_settings"]
 
@@ -47,8 +47,7 @@ class LoopState:
             if self.dir.exists():
                 shutil.rmtree(self.dir)
             return 1
-        check_resumable(load_json(self.dir / "state.json")["extra"].get("settings"), self.settings, self.dir)
-        step, extra = load_training_state(self.dir, modules=modules, optimizers=optimizers)
+        step, extra = load_training_state(self.dir, modules=modules, optimizers=optimizers, settings=self.settings)
         if rng is not None:
             version, internal, gauss = extra["python_rng"]
             rng.setstate((version, tuple(internal), gauss))

@@ -51,6 +51,7 @@ from guardgen.models.conditioning import conditioning_for, ddim_sample, guided_e
 from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Range, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
+from unlearn._resume import method_settings
 
 __all__ = ["SFD"]
 
@@ -175,10 +176,12 @@ class SFD:
 
         state_dir = Path(out) / "training_state" if out is not None else None
         step = 0
+        settings = method_settings(self)
         if resume and state_dir is not None and (state_dir / "state.json").is_file():
             step, extra = load_training_state(state_dir, modules=self._modules(acc, fake, gen, ema),
-                                              optimizers={"fake": opt_fake, "generator": opt_gen})
+                                              optimizers={"fake": opt_fake, "generator": opt_gen}, settings=settings)
             self.history_ = extra.get("history", [])
+            t0 -= extra.get("seconds", 0.0)  # the interrupted run's training time counts
         else:
             self.history_ = []
             if state_dir is not None and state_dir.exists():
@@ -272,7 +275,8 @@ class SFD:
                 callback(step, logs)
             if state_dir is not None and step % self.checkpoint_every == 0 and step < self.iterations:
                 save_training_state(state_dir, step=step, modules=self._modules(acc, fake, gen, ema),
-                                    optimizers={"fake": opt_fake, "generator": opt_gen}, extra={"history": self.history_})
+                                    optimizers={"fake": opt_fake, "generator": opt_gen},
+                                    extra={"history": self.history_, "settings": settings, "seconds": time.perf_counter() - t0})
         self.online_generator_ = acc.unwrap_model(gen).eval().requires_grad_(False)
         self.generator_ = ema if ema is not None else self.online_generator_  # the EMA is built in eval mode
         self.fake_score_ = acc.unwrap_model(fake).eval().requires_grad_(False)

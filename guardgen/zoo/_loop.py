@@ -46,6 +46,14 @@ class DiffusionTrainConfig:
     eval_samples_per_class: NonNegInt = 50
 
 
+def resume_settings(config) -> dict:
+    """What a resumed zoo build must share with the interrupted one: its config, but not where it runs, how often it
+    saves, or how it is scored afterwards."""
+    from guardgen.checkpoint import settings_record
+
+    return settings_record(config, skip=("device", "mixed_precision", "checkpoint_every", "eval_samples_per_class", "eval_samples"))
+
+
 def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """Indices of process ``rank``'s share of global batch ``step`` (drop-last epochs over ``n`` items)."""
     per_epoch = max(n // batch_size, 1)
@@ -105,7 +113,8 @@ def train_diffusion(unet, noise_scheduler, images: torch.Tensor, config, out: Pa
     state_dir = out / "training_state"
     step = 0
     if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules={"unet": acc.unwrap_model(unet), "ema": ema_module}, optimizers={"opt": opt})
+        step, _ = load_training_state(state_dir, modules={"unet": acc.unwrap_model(unet), "ema": ema_module}, optimizers={"opt": opt},
+                                      settings=resume_settings(config))
         ema = EMAModel(ema_module.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
         ema.optimization_step = step
     elif state_dir.exists() and acc.is_main_process:
@@ -144,7 +153,7 @@ def train_diffusion(unet, noise_scheduler, images: torch.Tensor, config, out: Pa
             if acc.is_main_process:
                 ema.copy_to(ema_module.parameters())
                 save_training_state(state_dir, step=step, modules={"unet": acc.unwrap_model(unet), "ema": ema_module},
-                                    optimizers={"opt": opt})
+                                    optimizers={"opt": opt}, extra={"settings": resume_settings(config)})
     train_seconds = time.perf_counter() - t0
 
     acc.wait_for_everyone()

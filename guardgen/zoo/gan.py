@@ -32,7 +32,7 @@ from guardgen.errors import GuardgenError
 from guardgen.models.gan import GAN_ARCHITECTURES, sample_gan, save_gan
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat
 from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
-from guardgen.zoo._loop import batch_indices, step_generator, write_model_card
+from guardgen.zoo._loop import batch_indices, resume_settings, step_generator, write_model_card
 
 __all__ = [
     "GANConfig", "GANDCGANS1Config", "GANUpsampleConfig", "GANUpsampleS1Config", "GANResNetConfig",
@@ -167,7 +167,8 @@ def build_gan(config: GANConfig, out: str | Path, *, resume: bool = False, callb
     step = 0
     modules = {"generator": acc.unwrap_model(gen), "discriminator": acc.unwrap_model(disc), "ema": ema}
     if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d})
+        step, _ = load_training_state(state_dir, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d},
+                                      settings=resume_settings(config))
     elif state_dir.exists() and acc.is_main_process:
         shutil.rmtree(state_dir)
 
@@ -210,7 +211,8 @@ def build_gan(config: GANConfig, out: str | Path, *, resume: bool = False, callb
         if step % config.checkpoint_every == 0 and step < config.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_training_state(state_dir, step=step, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d})
+                save_training_state(state_dir, step=step, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d},
+                                    extra={"settings": resume_settings(config)})
     train_seconds = time.perf_counter() - t0
 
     acc.wait_for_everyone()

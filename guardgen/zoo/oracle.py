@@ -22,7 +22,7 @@ from guardgen.metrics import accuracy
 from guardgen.models.classifier import create_classifier, save_classifier
 from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, SubUnitFloat
 from guardgen.utils import Callback, fused, make_accelerator, predict_logits, prepare, seed_everything
-from guardgen.zoo._loop import batch_indices, cosine_lr, step_generator, write_model_card
+from guardgen.zoo._loop import batch_indices, cosine_lr, resume_settings, step_generator, write_model_card
 
 __all__ = ["OracleConfig", "build_oracle"]
 
@@ -63,7 +63,8 @@ def build_oracle(config: OracleConfig, out: str | Path, *, resume: bool = False,
     state_dir = out / "training_state"
     step = 0
     if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules={"model": acc.unwrap_model(model)}, optimizers={"opt": opt})
+        step, _ = load_training_state(state_dir, modules={"model": acc.unwrap_model(model)}, optimizers={"opt": opt},
+                                      settings=resume_settings(config))
     elif state_dir.exists() and acc.is_main_process:
         shutil.rmtree(state_dir)
 
@@ -87,7 +88,8 @@ def build_oracle(config: OracleConfig, out: str | Path, *, resume: bool = False,
         if step % config.checkpoint_every == 0 and step < total:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_training_state(state_dir, step=step, modules={"model": acc.unwrap_model(model)}, optimizers={"opt": opt})
+                save_training_state(state_dir, step=step, modules={"model": acc.unwrap_model(model)}, optimizers={"opt": opt},
+                                    extra={"settings": resume_settings(config)})
     train_seconds = time.perf_counter() - t0
 
     acc.wait_for_everyone()

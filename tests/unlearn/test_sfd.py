@@ -43,6 +43,8 @@ def _straight_and_resumed(pipe, kw: dict, out):
     with pytest.raises(KeyboardInterrupt):
         SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=out, callback=stop)
     assert (out / "training_state" / "state.json").is_file()
+    with pytest.raises(GuardgenError, match="used other settings \\(alpha\\)"):  # refused, the state kept
+        SFD(**{**kw, "alpha": 0.5}).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=out, resume=True)
     return straight, SFD(**kw).fit(pipe, forget=[7], retain=[1, 2], override=[1], out=out, resume=True)
 
 

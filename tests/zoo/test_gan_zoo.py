@@ -70,6 +70,8 @@ def test_resume_reaches_the_same_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_gan(cfg, tmp_path / "r", callback=stop)
     assert (tmp_path / "r" / "training_state" / "state.json").is_file()
+    with pytest.raises(GuardgenError, match="used other settings \\(lr_g\\)"):
+        build_gan(GANConfig(eval_samples=0, **{**TINY, "steps": 4, "lr_g": 1e-3}), tmp_path / "r", resume=True)
     build_gan(cfg, tmp_path / "r", resume=True)
     a, b = (load_safetensors(tmp_path / x / "generator.safetensors") for x in ("straight", "r"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

@@ -46,6 +46,8 @@ def test_interrupted_build_resumes_to_the_same_model(tmp_path):
         zoo.build("mnist-oracle", out, epochs=1, device="cpu", checkpoint_every=10, callback=stop_at_15)
     assert (out / "training_state" / "state.json").is_file()
     assert not (out / "model.safetensors").exists()  # no half model where none stood
+    with pytest.raises(GuardgenError, match="used other settings \\(lr\\)"):
+        zoo.build("mnist-oracle", out, epochs=1, lr=0.01, device="cpu", checkpoint_every=10, resume=True)
     zoo.build("mnist-oracle", out, epochs=1, device="cpu", checkpoint_every=10, resume=True)
     w1, w2 = _weights(straight), _weights(out)
     assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-5) for k in w1)
@@ -157,6 +159,8 @@ def test_interrupted_t2i_build_resumes_to_the_same_unet(tmp_path):
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         build_t2i(T2IConfig(**kw), out, callback=stop_at_5)
+    with pytest.raises(GuardgenError, match="used other settings \\(steps\\)"):
+        build_t2i(T2IConfig(**{**kw, "steps": 9}), out, resume=True)
     build_t2i(T2IConfig(**kw), out, resume=True)
     unet = "unet/diffusion_pytorch_model.safetensors"
     w1, w2 = load_safetensors(tmp_path / "straight" / unet), load_safetensors(out / unet)
