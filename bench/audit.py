@@ -1,7 +1,6 @@
 """Benchmark the audit report: time per section at default budgets, and a sanity table of what it tells apart.
 
     OMP_NUM_THREADS=1 python -m bench.audit              # CPU, one torch thread (a few minutes)
-    python -m bench.audit --tag h100 --device cuda      # not needed: the audit is a CPU-sized job
 
 1. zoo:mnist-ddpm, default budgets (--concept 7): the time of every section; target: whole audit <= 300 s.
 2. an SFD run that forgot 7 (-> 1), made here (30 iterations): leakage must tell it from its original.
