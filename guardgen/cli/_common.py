@@ -18,13 +18,14 @@ from guardgen.errors import GuardgenError
 
 __all__ = ["console", "err_console", "guarded", "parse_sets", "progress_callback", "results_table", "fail"]
 
+OWNED = ".guardgen"  # marks an --out folder as guardgen's: a later run may replace it
 console = Console()
 err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` on stderr (one line) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False, emoji=False)
     raise typer.Exit(code)
 
 
@@ -36,9 +37,17 @@ def guarded(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         out = kwargs.get("out")
-        if isinstance(out, Path) and out.exists() and not out.is_dir():
+        owned = isinstance(out, Path)
+        if owned and out.exists() and not out.is_dir():
             fail(f"--out {out}: a file, not a folder")
+        if owned and out.is_dir() and not (out / OWNED).exists() and next(out.iterdir(), None) is not None:
+            fail(f"--out {out}: a folder guardgen did not write, and not empty; pass a new or empty folder "
+                 "(a run's result replaces its --out)")
         try:
+            if isinstance(kwargs.get("device"), str):
+                from guardgen.utils import check_device
+
+                check_device(kwargs["device"], kwargs.get("mixed_precision") or "no")
             return fn(*args, **kwargs)
         except GuardgenError as err:
             fail(str(err).splitlines()[0] if str(err) else "bad input")
@@ -52,6 +61,12 @@ def guarded(fn: Callable) -> Callable:
             hint = "; rerun with --resume to continue" if resumable else ""
             err_console.print(f"[yellow]interrupted[/]: finished files are kept{hint}")
             raise typer.Exit(130)
+        finally:  # what is in --out now is this run's (or an earlier run's): mark it so, for the next run
+            if owned and out.is_dir():
+                try:
+                    (out / OWNED).touch()
+                except OSError:  # a folder it cannot write to: the run's own error says so
+                    pass
 
     return wrapper
 

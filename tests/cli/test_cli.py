@@ -74,10 +74,24 @@ def test_zoo_build_from_the_cli(tmp_path):
     (("zoo", "build", "mnist-ddpm", "--set", "lr=-1"), "mnist-ddpm: setting lr=-1: must be > 0"),
     (("zoo", "show", "mnist-ddpm", "--steps", 0), "Invalid value for '--steps'"),  # counts are bounded at the option
     (("zoo", "show", "mnist-ddpm", "--guidance-scale", -3), "Invalid value for '--guidance-scale'"),
+    (("zoo", "build", "mnist-oracle", "--device", "tpu"), "unknown device 'tpu'"),
+    (("zoo", "build", "mnist-oracle", "--mixed-precision", "fp8"), "unknown mixed precision 'fp8'"),
+    (("zoo", "build", "mnist-ddpm", "--set", "block_out_channels=[]"), "block_out_channels needs at least one block"),
+    (("zoo", "build", "mnist-oracle", "--exclude", "0,1,2,3,4,5,6,7,8,9"), "exclude leaves no class"),
+    (("zoo", "build", ":smile:"), "unknown zoo model ':smile:'"),  # user text is not turned into emoji
+    (("zoo", "show", "mnist-oracle", "--seed", -1), "Invalid value for '--seed'"),
+    (("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--retain", 7), "7 is both forgotten and retained"),
+    (("detect", "train", "--real", "mnist", "--fake", "zoo:mnist-ddpm", "--generator", "zoo:mnist-gan"), "add --omat"),
+    (("copyright", "sample", "--model", "zoo:mnist-ddpm", "--safe", "zoo:mnist-ddpm", "--condition", 3), "its own safe model"),
+    (("copyright", "sample", "--model", "zoo:mnist-ddpm", "--safe", "zoo:mnist-t2i", "--condition", 3), "text-conditional"),
+    (("audit", "zoo:mnist-ddpm", "--set", "mia_timesteps=[]"), "mia_timesteps needs timesteps"),
+    (("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 5, "--max-samples", 50, "--resolution", 3,
+      "--no-evaluate"), "cannot take 3x3 images"),
     (("detect", "train", "--real", "mnist", "--fake", "zoo:mnist-ddpm", "--resolution", 0), "Invalid value for '--resolution'"),
     (("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--eval-per-class", 0), "Invalid value for '--eval-per-class'"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message):
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default --out folders land here
     result = invoke(*args)
     assert result.exit_code == 2
     assert message in result.output
@@ -158,3 +172,20 @@ def test_convert_turns_a_pickle_into_safetensors_that_then_loads(tmp_path):
     for bad in ("model.safetensors", "nope.pt"):
         result = invoke("convert", tmp_path / bad)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_out_is_refused_when_it_holds_files_guardgen_did_not_write(tmp_path):
+    """A run's result replaces its --out, so a folder with someone's files in it is refused, and left as it was; a new or
+    empty folder is taken, marked as guardgen's, and a second run into it goes ahead."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    result = invoke("zoo", "show", "mnist-oracle", "--out", mine, "--per-class", 1)
+    assert result.exit_code == 2 and "did not write" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (empty, tmp_path / "new", tmp_path / "new"):
+        result = invoke("zoo", "show", "mnist-oracle", "--out", out, "--per-class", 1)
+        assert result.exit_code == 0, result.output
+        assert (out / ".guardgen").is_file() and (out / "results.json").is_file()
