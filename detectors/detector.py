@@ -369,15 +369,22 @@ class Detector:
         _, weights = load_checkpoint(folder)
         if "model" not in weights:
             raise GuardgenError(f"{folder}: no model.safetensors beside config.json")
-        params = dict(config["detector"])
-        params["mean"], params["std"] = tuple(params["mean"]), tuple(params["std"])
-        known = set(cls.__dataclass_fields__)
-        det = cls(**{k: v for k, v in params.items() if k in known})
-        det.pretrained_file = ""
-        pre = config["preprocessing"]
-        det.input_size, det.in_chans = int(pre["input_size"]), int(pre["in_chans"])
-        det.mean, det.std = tuple(pre["mean"]), tuple(pre["std"])
-        det._build(torch.zeros(1, det.in_chans, det.input_size, det.input_size))
+        try:  # a hand-edited or damaged config: one line, not a traceback from deep inside
+            params = dict(config["detector"])
+            params["mean"], params["std"] = tuple(params["mean"]), tuple(params["std"])
+            known = set(cls.__dataclass_fields__)
+            det = cls(**{k: v for k, v in params.items() if k in known})
+            det.pretrained_file = ""
+            pre = config["preprocessing"]
+            det.input_size, det.in_chans = int(pre["input_size"]), int(pre["in_chans"])
+            det.mean, det.std = tuple(float(v) for v in pre["mean"]), tuple(float(v) for v in pre["std"])
+            det.threshold = float(det.threshold)
+            if det.input_size < 1 or det.in_chans < 1 or not 0 <= det.threshold <= 1:
+                raise ValueError(f"input_size {det.input_size}, in_chans {det.in_chans}, threshold {det.threshold}")
+            det._build(torch.zeros(1, det.in_chans, det.input_size, det.input_size))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise GuardgenError(f"{folder}/config.json: a damaged detector config ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}); retrain or restore it") from None
         try:
             det.module_.net.load_state_dict(weights["model"])
         except RuntimeError as err:

@@ -40,6 +40,7 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient
 
     from guardgen.errors import GuardgenError
 
+    check_device(device, mixed_precision)
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if cpu and mixed_precision == "fp16":
         mixed_precision = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
@@ -56,8 +57,25 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
 
 
+def check_device(device: str, mixed_precision: str = "no") -> None:
+    """One line for a device this machine does not have or a precision guardgen does not train in."""
+    from guardgen.errors import GuardgenError
+
+    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise GuardgenError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise GuardgenError("device 'mps': no Apple GPU is available here; use --device cpu (or auto)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GuardgenError(f"device {device!r}: no CUDA GPU is visible here; use --device cpu (or auto)")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise GuardgenError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise GuardgenError(f"unknown mixed precision {mixed_precision!r}; use no, fp16 or bf16")
+
+
 def model_device(device: str = "auto") -> str:
     """Where to load a model for a ``--device`` value: ``"auto"`` is the GPU when one is visible, else the CPU."""
+    check_device(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device

@@ -97,11 +97,14 @@ def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retai
     from guardgen.errors import GuardgenError
 
     if not forget:
-        raise GuardgenError("nothing to forget: pass --forget")
+        raise GuardgenError("nothing to forget: name the concept (a class or a prompt) to forget")
     forget = [cond.parse(c) for c in forget]
     override = [cond.parse(c) for c in override]
     if set(forget) & set(override):
         raise GuardgenError(f"the override {override} equals the forgotten concept; choose another override")
+    both = sorted(set(forget) & {cond.parse(c) for c in retain or []}, key=str)
+    if both:
+        raise GuardgenError(f"{both[0]!r} is both forgotten and retained; drop it from --retain")
     plan = {"kind": cond.kind, "forget": forget, "override": override}
     if cond.kind == "class":
         plan["retain"] = [c for c in cond.all_concepts() if c not in forget]

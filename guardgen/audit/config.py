@@ -126,6 +126,18 @@ class AuditConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise GuardgenError(f"audit setting {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise GuardgenError(f"audit setting seed must be a non-negative integer, got {self.seed!r}")
+        if not self.mia_timesteps or not all(0 <= t < 1000 for t in self.mia_timesteps):
+            raise GuardgenError(f"audit setting mia_timesteps needs timesteps in [0, 1000) (a 1000-step schedule), got {list(self.mia_timesteps)}")
+        if self.guidance_scale is not None and not 0 <= self.guidance_scale < float("inf"):
+            raise GuardgenError(f"audit setting guidance_scale must be >= 0 and finite, got {self.guidance_scale!r}")
+        if not 0 < self.nn_alpha < float("inf"):
+            raise GuardgenError(f"audit setting nn_alpha must be > 0, got {self.nn_alpha!r}")
+        if not 0 < self.extraction_threshold < float("inf"):
+            raise GuardgenError(f"audit setting extraction_threshold must be > 0, got {self.extraction_threshold!r}")
+        if not isinstance(self.gallery_size, int) or self.gallery_size < 0 or not isinstance(self.copyright_samples, int) or self.copyright_samples < 1:
+            raise GuardgenError("audit settings gallery_size (>= 0) and copyright_samples (>= 1) are whole numbers")
         if self.memorization_space not in ("pixels", "oracle"):
             raise GuardgenError(f"memorization_space must be pixels or oracle, not {self.memorization_space!r}")
         for section, metrics in self.thresholds.items():

@@ -42,6 +42,20 @@ def classifier_data(data: str, resolution: int = 16, max_samples: int | None = N
     return train, test
 
 
+def check_takes(net, images, model: str, resolution: int) -> None:
+    """One line when the classifier cannot take these images (a --resolution it was not built for)."""
+    import torch
+
+    from guardgen.errors import GuardgenError
+
+    try:
+        with torch.no_grad():
+            net.eval()(images[:1].to(next(net.parameters()).device))
+    except RuntimeError as err:
+        raise GuardgenError(f"{model} cannot take {resolution}x{resolution} images ({str(err).splitlines()[0]}); "
+                            "pass the --resolution it was trained at") from None
+
+
 def _randperm(n: int, seed: int):
     import torch
 
@@ -86,7 +100,7 @@ def worst_case_forget(
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs of the evaluation unlearning.", show_default="the method's")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable).")] = [],
     out: Annotated[Path, typer.Option(help="Run folder: indices.json, gallery.png, metrics.json.")] = Path("runs/worst-case-forget"),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search from --out's training_state/ "
                                          "(reference losses, upper steps and a finished search kept; the evaluation runs whole).")] = False,
@@ -109,6 +123,7 @@ def worst_case_forget(
         params["epochs"] = epochs
     runner = classifier_method(method, params)
     net = load_model(model, kind="classifier", device="cpu")
+    check_takes(net, train.images, model, resolution)
     if signal not in ("loss", "gap"):
         raise GuardgenError(f"unknown --signal {signal!r}; choose loss or gap")
     reference = None
@@ -212,7 +227,7 @@ def evade(
     candidates: Annotated[int, typer.Option(min=1, help="Start from the best of k random codes for the attribute.", rich_help_panel=P_BUDGET)] = 32,
     restarts: Annotated[int, typer.Option(min=0, help="Fresh starts (each a full --steps run) for images that end a run unsuccessful.", rich_help_panel=P_BUDGET)] = 2,
     out: Annotated[Path, typer.Option(help="Run folder: gallery.png (before/after), adversarial/, results.json.", rich_help_panel=P_OUT)] = Path("runs/evade"),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """Latent evasion: search a GAN's latent space for images the detectors call real, keeping an attribute."""
     import torch

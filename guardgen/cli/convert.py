@@ -27,5 +27,7 @@ def convert(
     if to.exists():
         raise GuardgenError(f"{to} exists; pass another --to (nothing is overwritten)")
     state = load_state_dict(weights, allow_pickle=True)
+    if not state:
+        raise GuardgenError(f"{weights}: holds no tensors; nothing to convert")
     save_safetensors({k: v.clone() for k, v in state.items()}, to)
     console.print(f"{len(state)} tensors -> {to}")

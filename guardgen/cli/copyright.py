@@ -31,7 +31,7 @@ def shard(
     threshold: Annotated[float, typer.Option(help="Near-duplicate RMS pixel distance (images pooled to --size).", rich_help_panel=PANEL_DEDUP)] = 0.03,
     size: Annotated[int, typer.Option(min=1, help="Pooling size of the perceptual pixel distance.", rich_help_panel=PANEL_DEDUP)] = 8,
     resolution: Annotated[int, typer.Option(min=1, help="Image resolution.")] = 16,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """Split a dataset into disjoint shards with every protected work and its near-duplicates in one shard."""
     from guardgen.copyright import Shards, load_protected, plan_given_shards, save_shards, shard_dataset, with_copies
@@ -78,7 +78,7 @@ def train(
     model: Annotated[list[str], typer.Option(help="Which models to train: full, shard-0, ...", show_default="all")] = [],
     steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model.", show_default="the zoo's")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any mnist-ddpm setting: KEY=VALUE (block_out_channels=[16,32,32]).")] = [],
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Keep the models already finished in --out and continue the "
                                          "interrupted one from its training_state/.")] = False,
@@ -116,7 +116,7 @@ def sample(
     shards: Annotated[Optional[Path], typer.Option(help="Shards folder: report reproduction of its protected works.")] = None,
     delta: Annotated[float, typer.Option(min=0.0, help="Reproduction: RMS pixel distance to a protected work below this.")] = 0.1,
     out: Annotated[Path, typer.Option(help="Output folder (grid.png, grid_full.png, results.json).")] = Path("runs/naf/sample"),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """CP-k: rejection-sample the full model, keeping samples whose log-ratio to every shard model is <= k."""
     from guardgen.checkpoint import save_json
@@ -130,9 +130,16 @@ def sample(
         check_k(k)
     if n < 1:
         raise GuardgenError(f"n={n}: expected at least 1 sample per condition")
-    p = load_model(model, device="cpu")
-    qs = [load_model(s, device="cpu") for s in safe]
+    from guardgen.models import resolve
+
+    if any(resolve(s).path.resolve() == resolve(model).path.resolve() for s in safe):
+        raise GuardgenError(f"--safe {model}: the full model cannot be its own safe model; pass the shard models")
+    p = load_model(model, kind="diffusion", device="cpu")
+    qs = [load_model(s, kind="diffusion", device="cpu") for s in safe]
     cond = conditioning_for(p)
+    for s, q in zip(safe, qs):
+        if conditioning_for(q).kind != cond.kind:
+            raise GuardgenError(f"--safe {s}: {conditioning_for(q).kind}-conditional, the full model is {cond.kind}-conditional")
     conditions = [cond.parse(c) for c in condition]
     calibration = None
     if k is None:

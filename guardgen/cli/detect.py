@@ -145,7 +145,7 @@ def train(
     attack_steps: Annotated[int, typer.Option(min=0, help="Attack steps on z_T per image.", rich_help_panel=P_OMAT)] = 10,
     attack_lr: Annotated[float, typer.Option(rich_help_panel=P_OMAT)] = 0.1,
     out: Annotated[Path, typer.Option(help="Detector folder (config.json, model.safetensors, results.json).", rich_help_panel=P_OUT)] = Path("runs/detect"),
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out (its training_state/): "
@@ -164,6 +164,20 @@ def train(
 
     if not 0 < val_fraction < 1:
         raise GuardgenError("--val-fraction must lie strictly between 0 and 1")
+    if not omat and (generator or latent_generator):
+        raise GuardgenError("--generator and --latent-generator choose what OMAT attacks; add --omat, or drop them")
+    if omat:  # the generators OMAT attacks, checked before any training
+        gen_spec = generator or fake[0]
+        gen = _generator(gen_spec, model_device(device))  # the attacks run where the generator is
+        gans = []
+        for spec in latent_generator + ([gen_spec] if gen is not None and gen[0] == "gan" else []):
+            g = _generator(spec, model_device(device))
+            if g is None or g[0] != "gan":
+                raise GuardgenError(f"{spec}: --latent-generator takes a GAN (zoo:mnist-gan or a GAN folder)")
+            gans.append(g[1][0])
+        if gen is None or gen[0] not in ("pipeline", "gan"):
+            raise GuardgenError(f"{gen_spec}: OMAT attacks a diffusion model's initial noise or a GAN's latent space; pass "
+                                "--generator with a diffusion pipeline (zoo:mnist-ddpm) or a GAN (zoo:mnist-gan), not an image folder")
     kw = {"n": n, "resolution": resolution, "steps": sample_steps, "seed": seed}
     reals = _load_many([real], "real", **kw)
     fakes = _load_many(fake, "fake", **kw)
@@ -192,17 +206,6 @@ def train(
             det.save_state(state / "base")
     runner = None
     if omat:
-        gen_spec = generator or fake[0]
-        gen = _generator(gen_spec, model_device(device))  # the attacks run where the generator is
-        gans = []
-        for spec in latent_generator + ([gen_spec] if gen is not None and gen[0] == "gan" else []):
-            g = _generator(spec, model_device(device))
-            if g is None or g[0] != "gan":
-                raise GuardgenError(f"{spec}: --latent-generator takes a GAN (zoo:mnist-gan or a GAN folder)")
-            gans.append(g[1][0])
-        if gen is None or gen[0] not in ("pipeline", "gan"):
-            raise GuardgenError(f"{gen_spec}: OMAT attacks a diffusion model's initial noise or a GAN's latent space; pass "
-                                "--generator with a diffusion pipeline (zoo:mnist-ddpm) or a GAN (zoo:mnist-gan), not an image folder")
         runner = OMAT(detector=params, epochs=omat_epochs, pool_size=pool_size, refresh_every=refresh_every,
                       refresh_size=refresh_size, lr=omat_lr, seed=seed,
                       attack={"steps": attack_steps, "lr": attack_lr, "num_inference_steps": sample_steps},
@@ -241,11 +244,11 @@ def eval_(
     n: Annotated[int, typer.Option(min=1, help="Images sampled per generator spec.", rich_help_panel=P_DATA)] = 500,
     resolution: Annotated[int, typer.Option(min=1, rich_help_panel=P_DATA)] = 16,
     sample_steps: Annotated[int, typer.Option(min=1, rich_help_panel=P_DATA)] = 10,
-    fpr: Annotated[float, typer.Option(help="FPR of the TPR@FPR threshold (chosen on held-out reals).")] = 0.01,
+    fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="FPR of the TPR@FPR threshold (chosen on held-out reals).")] = 0.01,
     robustness: Annotated[bool, typer.Option(help="Robustness grid (JPEG, resize, blur, noise) and format-shortcut control.")] = False,
     n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the CIs.")] = 300,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json here.", rich_help_panel=P_OUT)] = None,
-    seed: Annotated[int, typer.Option()] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 1,
 ) -> None:
     """Per-generator table: accuracy on reals and fakes, AUROC, AP, TPR@FPR (threshold from held-out reals), CIs."""
     import torch
@@ -344,7 +347,7 @@ def attack(
     sample_steps: Annotated[int, typer.Option(min=1, help="DDIM steps of the differentiable sampler.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, )] = 16,
     out: Annotated[Optional[Path], typer.Option(help="Save the adversarial images, a grid and results.json here.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """On-manifold attack: optimise a diffusion model's z_T until the detector calls its image real."""
     from attacks.on_manifold import OnManifoldAttack

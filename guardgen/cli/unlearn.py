@@ -49,7 +49,7 @@ def concept(
     oracle: Annotated[str, typer.Option(help="Classifier that judges samples.", rich_help_panel=PANEL_EVAL)] = "zoo:mnist-oracle",
     eval_per_class: Annotated[int, typer.Option(min=1, help="Samples per condition for the before/after table.", rich_help_panel=PANEL_EVAL)] = 50,
     evaluate: Annotated[bool, typer.Option(help="Score before and after with the oracle.", rich_help_panel=PANEL_EVAL)] = True,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
@@ -190,7 +190,7 @@ def redact(
     oracle: Annotated[str, typer.Option(help="Classifier that judges samples (zoo models).", rich_help_panel=PANEL_EVAL)] = "zoo:mnist-oracle",
     per_prompt: Annotated[int, typer.Option(min=1, help="Samples per prompt for the evaluation.", rich_help_panel=PANEL_EVAL)] = 20,
     evaluate: Annotated[bool, typer.Option(help="Score the redaction with the oracle (zoo models).", rich_help_panel=PANEL_EVAL)] = True,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted distillation from --out's training_state/.")] = False,
 ) -> None:
@@ -213,7 +213,16 @@ def redact(
     items = []
     for p in prompts:
         path = Path(p)
-        items += [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else [p]
+        if path.is_file():
+            try:
+                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except UnicodeDecodeError:
+                raise GuardgenError(f"--prompts {path}: not a UTF-8 text file (one prompt per line)") from None
+            items += lines
+            if not lines:
+                raise GuardgenError(f"--prompts {path}: no prompts in it (one per line)")
+        else:
+            items.append(p)
     rules = {}
     for rule in replace:
         key, sep, value = rule.partition("=")
@@ -294,7 +303,7 @@ def evaluate(
     retrain: Annotated[bool, typer.Option(help="Also retrain from scratch without the forget set (the reference of the gap).", rich_help_panel=PANEL_EVAL)] = True,
     retrain_epochs: Annotated[Optional[int], typer.Option(min=1, help="Retraining epochs.", show_default="30, the zoo oracle's", rich_help_panel=PANEL_EVAL)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json and the unlearned classifier (a classifier folder) here.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Unlearn a forget set from a classifier; print UA, MIA-efficacy, RA, TA and the gap to retraining.
@@ -303,7 +312,7 @@ def evaluate(
     import torch
 
     from guardgen.checkpoint import load_json, save_json
-    from guardgen.cli.attack import classifier_data, classifier_method
+    from guardgen.cli.attack import check_takes, classifier_data, classifier_method
     from guardgen.metrics import gap_to_retrain, unlearning_report
     from guardgen.models import load_model, model_folder
     from guardgen.utils import model_device
@@ -318,6 +327,7 @@ def evaluate(
     keep[chosen] = False
     forget, retain, tst = (train.images[chosen], train.labels[chosen]), (train.images[keep], train.labels[keep]), (test.images, test.labels)
     net = load_model(model, kind="classifier", device=model_device(device))
+    check_takes(net, train.images, model, resolution)
     results = {"model": model, "method": method, "forget_set": str(forget_set), "forget_size": len(chosen), "seed": seed}
     with progress_callback(method) as callback:
         runner.fit(net, forget=forget, retain=retain, callback=callback)

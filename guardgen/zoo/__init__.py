@@ -105,6 +105,8 @@ def build(name: str, out: str | Path, *, resume: bool = False, callback=None, **
     module = importlib.import_module(entry.module)
     cfg_cls = getattr(module, entry.config)
     config = configure(cfg_cls, overrides, name=name)
+    if len(set(getattr(config, "exclude", ()))) >= 10:
+        raise GuardgenError(f"{name}: exclude leaves no class of MNIST to train on")
     kwargs = {}
     if "mnist-oracle" in entry.needs:
         from guardgen.models.classifier import load_classifier

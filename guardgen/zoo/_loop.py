@@ -45,6 +45,12 @@ class DiffusionTrainConfig:
     checkpoint_every: PositiveInt = 250
     eval_samples_per_class: NonNegInt = 50
 
+    def __post_init__(self) -> None:
+        from guardgen.errors import GuardgenError
+
+        if not self.block_out_channels:
+            raise GuardgenError("block_out_channels needs at least one block, e.g. [32, 64]")
+
 
 def resume_settings(config) -> dict:
     """What a resumed zoo build must share with the interrupted one: its config, but not where it runs, how often it

@@ -127,6 +127,26 @@ def test_timm_backbones_round_trip(tmp_path, backbone, args):
     assert torch.allclose(det.predict_proba(x), back.predict_proba(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda c: c["detector"].update(threshold="abc"),
+    lambda c: c["preprocessing"].update(input_size=-1),
+    lambda c: c["preprocessing"].update(input_size="abc"),
+    lambda c: c["preprocessing"].pop("in_chans"),
+    lambda c: c["preprocessing"].update(mean=["x"]),
+])
+def test_a_damaged_config_is_one_line(tmp_path, edit):
+    import json
+
+    real, fake = planted(16, 0)
+    tiny(epochs=1).fit(real, fake).save_pretrained(tmp_path / "d")
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    edit(config)
+    (tmp_path / "d" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GuardgenError, match="a damaged detector config") as info:
+        Detector.from_pretrained(tmp_path / "d")
+    assert "\n" not in str(info.value)
+
+
 def test_save_load_keeps_probabilities_and_preprocessing(tmp_path):
     real, fake = planted(32, 0)
     det = tiny(epochs=1, mean=(0.25,), std=(0.4,)).fit(real, fake)
