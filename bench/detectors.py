@@ -96,7 +96,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--attack-n", type=int, default=32)
+    ap.add_argument("--attack-n", type=int, default=128, help="latents attacked for the success figures (at 32, one "
+                    "success moves the rate by 0.03 and its 95%% interval is about +-0.17)")
     ap.add_argument("--attack-steps", type=int, default=8)
     ap.add_argument("--attack-lr", type=float, default=0.1)
     ap.add_argument("--pool-size", type=int, default=64)
@@ -222,6 +223,8 @@ def main() -> None:
         res["attack"][name]["clean_detected_rate"] = float((det.predict_proba(clean) > det.threshold).float().mean())
     s_std, s_omat = res["attack"]["standard"]["success_rate"], res["attack"]["omat"]["success_rate"]
     res["summary"]["attack_success_ratio"] = s_omat / s_std if s_std > 0 else float("nan")
+    res["summary"]["attack_success_ratio_ci"] = paired_ratio_ci(res["attack"]["standard"]["success"], res["attack"]["omat"]["success"],
+                                                                n_boot=args.n_boot, seed=args.seed)
     d_std, d_omat = res["attack"]["standard"]["success_rate_on_detected"], res["attack"]["omat"]["success_rate_on_detected"]
     res["summary"]["attack_success_ratio_on_detected"] = d_omat / d_std if d_std > 0 else float("nan")
     stage("attacks", t0)
@@ -246,7 +249,8 @@ def main() -> None:
     drop = std["in_distribution_accuracy"] - rob["in_distribution_accuracy"]
     diff = rob.get("mean_cross_auroc_difference_vs_standard", {"difference": float("nan"), "ci": (float("nan"),) * 2})
     res["verdicts"] = {
-        "attack_success_ratio": {"value": res["summary"]["attack_success_ratio"], "met": res["summary"]["attack_success_ratio"] <= 0.5},
+        "attack_success_ratio": {"value": res["summary"]["attack_success_ratio"], "ci": res["summary"]["attack_success_ratio_ci"],
+                                 "met": res["summary"]["attack_success_ratio"] <= 0.5},
         "mean_cross_auroc_difference": {"value": diff["difference"], "ci": diff["ci"], "met": diff["difference"] >= 0},
         "in_distribution_accuracy_drop": {"value": drop, "met": drop <= 0.01},
     }
@@ -256,13 +260,30 @@ def main() -> None:
     print(res["markdown"])
 
 
+def paired_ratio_ci(success_a: list, success_b: list, *, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% bootstrap interval of mean(b) / mean(a) over the same latents, resampled in pairs; resamples where a never
+    succeeds are dropped."""
+    a, b = np.asarray(success_a, dtype=float), np.asarray(success_b, dtype=float)
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(a), len(a))
+        if a[idx].sum() > 0:
+            ratios.append(b[idx].sum() / a[idx].sum())
+    if not ratios:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
 def markdown(res: dict, held_out: list[str]) -> str:
     s, v, a = res["summary"], res["verdicts"], res["attack"]
     lines = ["## Standard vs OMAT detector (zoo, train on mnist-ddpm)", "",
              "| figure | standard | standard + same epochs | OMAT | target | met |", "|---|---|---|---|---|---|",
              f"| on-manifold attack success ({res['config']['attack_steps']} steps, {res['config']['attack_n']} latents) | "
              f"{a['standard']['success_rate']:.3f} | | {a['omat']['success_rate']:.3f} | OMAT <= 0.5x standard "
-             f"(ratio {v['attack_success_ratio']['value']:.2f}) | {'yes' if v['attack_success_ratio']['met'] else 'no'} |",
+             f"(ratio {v['attack_success_ratio']['value']:.2f}, 95% CI {v['attack_success_ratio']['ci'][0]:.2f} to "
+             f"{v['attack_success_ratio']['ci'][1]:.2f}) | {'yes' if v['attack_success_ratio']['met'] else 'no'} |",
              f"| mean cross-generator AUROC ({', '.join(held_out)}) | {s['standard']['mean_cross_auroc']:.4f} | "
              f"{s['standard+epochs']['mean_cross_auroc']:.4f} | {s['omat']['mean_cross_auroc']:.4f} | OMAT >= standard "
              f"(diff {v['mean_cross_auroc_difference']['value']:+.4f}, 95% CI {v['mean_cross_auroc_difference']['ci'][0]:+.4f} to "
