@@ -45,6 +45,10 @@ def _load_sources(data: Path | None, sources: list[str], per_source: int, seed: 
         if "=" not in item:
             raise GuardgenError(f"--source {item!r}: expected NAME=SPEC (mnist, zoo:NAME, a GAN folder or an image folder)")
         name, spec = (s.strip() for s in item.split("=", 1))
+        if not name or not spec:
+            raise GuardgenError(f"--source {item!r}: both NAME and SPEC are needed, e.g. gan=zoo:mnist-gan")
+        if name in names:
+            raise GuardgenError(f"--source {item!r}: the source name {name!r} is given twice; names tell sources apart")
         if spec == "mnist":
             x = load_mnist(split, resolution or 16).images
             x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:per_source]]

@@ -85,6 +85,8 @@ def test_zoo_build_from_the_cli(tmp_path):
     (("copyright", "sample", "--model", "zoo:mnist-ddpm", "--safe", "zoo:mnist-ddpm", "--condition", 3), "its own safe model"),
     (("copyright", "sample", "--model", "zoo:mnist-ddpm", "--safe", "zoo:mnist-t2i", "--condition", 3), "text-conditional"),
     (("audit", "zoo:mnist-ddpm", "--set", "mia_timesteps=[]"), "mia_timesteps needs timesteps"),
+    (("attribute", "fit", "--source", "a=", "--source", "b=mnist"), "both NAME and SPEC are needed"),
+    (("attribute", "fit", "--source", "a=mnist", "--source", "a=mnist"), "given twice"),
     (("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 5, "--max-samples", 50, "--resolution", 3,
       "--no-evaluate"), "cannot take 3x3 images"),
     (("detect", "train", "--real", "mnist", "--fake", "zoo:mnist-ddpm", "--resolution", 0), "Invalid value for '--resolution'"),

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import guardgen.utils
+from guardgen.errors import GuardgenError
 from guardgen.utils import machine_info, make_accelerator, prepare, source_commit
 
 
@@ -49,9 +50,16 @@ def test_model_device_resolves_auto_to_what_is_visible(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert model_device("auto") == "cpu"
+    with pytest.raises(GuardgenError, match="no CUDA GPU is visible"):
+        model_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert model_device("auto") == "cuda"
     assert model_device("cpu") == "cpu" and model_device("cuda:1") == "cuda:1"
+    with pytest.raises(GuardgenError, match="this machine has 2 GPU"):
+        model_device("cuda:2")
+    with pytest.raises(GuardgenError, match="unknown device 'tpu'"):
+        model_device("tpu")
 
 
 def test_machine_info_records_the_commit_of_the_source_tree(monkeypatch):
