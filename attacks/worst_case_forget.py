@@ -143,16 +143,22 @@ class WorstCaseForget:
             if state_dir.exists():
                 shutil.rmtree(state_dir)
             return None
-        meta = load_json(state_dir / "state.json")
-        check_resumable(meta["settings"], settings_record(self, skip=("device",)), state_dir)
-        state = load_safetensors(state_dir / "search.safetensors")
-        if len(state["w"]) != n_w:
-            raise GuardgenError(f"{state_dir}: the saved search ran over {len(state['w'])} samples or classes, this data has "
-                                f"{n_w}; resume with the data of the interrupted run, or start again without --resume")
+        meta, state = self._read_saved(state_dir, "state", "search", "w", n_w)
         g.set_state(state.pop("generator"))
         torch.set_rng_state(state.pop("torch_rng"))
         self.history_ = meta["history"]
         return {**state, "iteration": meta["iteration"], "seconds": meta["seconds"]}
+
+    def _read_saved(self, folder: Path, meta_name: str, tensors_name: str, key: str, n: int) -> tuple[dict, dict]:
+        """``folder``'s ``META.json`` and ``TENSORS.safetensors``, refused if saved under other settings or if ``key``
+        does not run over ``n`` samples (or classes)."""
+        meta = load_json(folder / f"{meta_name}.json")
+        check_resumable(meta["settings"], settings_record(self, skip=("device",)), folder)
+        tensors = load_safetensors(folder / f"{tensors_name}.safetensors")
+        if len(tensors[key]) != n:
+            raise GuardgenError(f"{folder}: the saved search ran over {len(tensors[key])} samples or classes, this data has "
+                                f"{n}; resume with the data of the interrupted run, or start again without --resume")
+        return meta, tensors
 
     def _checkpoint(self, state_dir: Path | None, it: int, g: torch.Generator, seconds: float, tensors: dict) -> None:
         """After upper step ``it`` (0: before the first): the selection weights, the signal's fixed reference, and the
@@ -262,13 +268,7 @@ class WorstCaseForget:
 
     def load_result(self, folder: str | Path, num_samples: int) -> "WorstCaseForget":
         """The search :meth:`save_result` kept, refused if it ran under other settings or over data of another size."""
-        folder = Path(folder)
-        meta = load_json(folder / "result.json")
-        check_resumable(meta["settings"], settings_record(self, skip=("device",)), folder)
-        tensors = load_safetensors(folder / "result.safetensors")
-        if len(tensors["losses_"]) != num_samples:
-            raise GuardgenError(f"{folder}: the saved search ran over {len(tensors['losses_'])} samples, this data has "
-                                f"{num_samples}; resume with the data of the interrupted run, or start again without --resume")
+        meta, tensors = self._read_saved(Path(folder), "result", "result", "losses_", num_samples)
         for k in self._RESULT:
             setattr(self, k, tensors.get(k))
         self.search_seconds_, self.history_ = meta["search_seconds"], meta["history"]
