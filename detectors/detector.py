@@ -25,7 +25,7 @@ from torch import nn
 
 from detectors import DETECTORS
 from detectors.evaluate import perturb
-from guardgen.checkpoint import check_resumable, load_json, load_training_state, save_training_state, settings_record
+from guardgen.checkpoint import load_json, load_training_state, save_training_state, settings_record
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
@@ -208,8 +208,8 @@ class Detector:
         seen, step, elapsed, start_epoch, start_batch, epoch_rng = 0, 0, 0.0, 0, 0, None
         state_dir = None if state_dir is None else Path(state_dir)
         if state_dir is not None and resume and (state_dir / "state.json").is_file():
-            check_resumable(load_json(state_dir / "state.json")["extra"].get("settings"), self._resume_settings(), state_dir)
-            step, extra = _resume_from(state_dir, modules={"detector": raw}, optimizers={"detector": opt}, generator=g)
+            step, extra = _resume_from(state_dir, modules={"detector": raw}, optimizers={"detector": opt}, generator=g,
+                                       settings=self._resume_settings())
             if sched is not None:
                 sched.load_state_dict(extra["schedule"])
             self.history_, seen, elapsed = extra["history"], extra["seen"], extra["seconds"]
@@ -434,6 +434,8 @@ def _resume_from(folder: Path, **kw) -> tuple[int, dict]:
     """``load_training_state``, with a state written for other settings (another backbone or width) as one line."""
     try:
         return load_training_state(folder, **kw)
+    except GuardgenError:  # other settings, named by load_training_state
+        raise
     except (RuntimeError, KeyError, ValueError) as err:
         first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
         raise GuardgenError(f"{folder}: the saved training state does not fit this detector's settings ({first}); "

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guardgen.checkpoint import check_resumable, load_json, load_training_state, save_training_state
+from guardgen.checkpoint import load_training_state, save_training_state
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
@@ -446,8 +446,7 @@ class AdaptThenUnlearn(_GANUnlearnBase):
         stage1 = None if out is None else Path(out) / "training_state" / "adapted"
         if adapted is None and resume and stage1 is not None and (stage1 / "state.json").is_file():  # stage 1 had ended
             adapted_g = copy.deepcopy(generator).eval().requires_grad_(False)
-            check_resumable(load_json(stage1 / "state.json")["extra"]["settings"], method_settings(self), stage1)
-            self.history_ = load_training_state(stage1, modules={"generator": adapted_g})[1]["history"]
+            self.history_ = load_training_state(stage1, modules={"generator": adapted_g}, settings=method_settings(self))[1]["history"]
             adapted = [adapted_g]
             offset, total = self.adapt_iterations, self.adapt_iterations + self.unlearn_iterations
         # stage 1: negative adaptation with EWC
