@@ -184,6 +184,8 @@ def parse_layers(spec, num_layers: int) -> tuple[int, ...]:
                 out += list(groups[part])
             elif "-" in part and part.replace("-", "").isdigit():
                 a, b = part.split("-")
+                if int(a) > int(b):
+                    raise GuardgenError(f"bad layer mask {spec!r}: the range {part} runs backwards; write {b}-{a}")
                 out += list(range(int(a), int(b) + 1))
             elif part.isdigit():
                 out.append(int(part))
@@ -191,7 +193,9 @@ def parse_layers(spec, num_layers: int) -> tuple[int, ...]:
                 raise GuardgenError(f"bad layer mask {spec!r}; use indices like 0-3,6 or coarse / medium / fine")
         spec = out
     layers = tuple(sorted(set(int(i) for i in spec)))
-    if not layers or layers[0] < 0 or layers[-1] >= num_layers:
+    if not layers:
+        raise GuardgenError(f"layer mask {spec!r} selects no layer; this latent space has {num_layers} layer(s)")
+    if layers[0] < 0 or layers[-1] >= num_layers:
         raise GuardgenError(f"layer mask {list(layers)} is out of range: this latent space has {num_layers} layer(s) "
                             f"(0..{num_layers - 1}){'; a z-only generator has one layer' if num_layers == 1 else ''}")
     return layers

@@ -118,7 +118,10 @@ class Detector:
     # ------------------------------------------------------------------ build
 
     def _validate_params(self) -> None:
+        from guardgen.models.classifier import check_architecture
+
         check_settings(self, name="detector")
+        check_architecture(self.backbone)
         if self.mode not in MODES:
             raise GuardgenError(f"unknown detector mode {self.mode!r}; use finetune or linear_probe")
         if self.resize not in RESIZES:
@@ -131,6 +134,9 @@ class Detector:
             raise GuardgenError("augment needs mode finetune (the linear probe trains on features computed once)")
         if len(self.blur_sigma) != 2 or len(self.jpeg_quality) != 2:
             raise GuardgenError("blur_sigma and jpeg_quality are (low, high) ranges")
+        if not self.mean or not self.std or any(s <= 0 for s in self.std):
+            raise GuardgenError(f"mean {list(self.mean)} / std {list(self.std)}: one value, or one per channel, "
+                                "each std > 0")
         lo, hi = self.blur_sigma
         qlo, qhi = self.jpeg_quality
         if not (0 <= lo <= hi and 1 <= qlo <= qhi <= 100):
@@ -141,7 +147,8 @@ class Detector:
         self.input_size = int(self.input_size or images.shape[-1])
         self.in_chans = int(self.in_chans or images.shape[1])
         if len(self.mean) not in (1, self.in_chans) or len(self.std) not in (1, self.in_chans):
-            raise GuardgenError(f"mean/std need 1 or {self.in_chans} values")
+            raise GuardgenError(f"mean {list(self.mean)} / std {list(self.std)}: the images have {self.in_chans} "
+                                f"channel(s); give one value or {self.in_chans}")
         mean = tuple(self.mean) * (self.in_chans // len(self.mean)) if len(self.mean) == 1 else tuple(self.mean)
         std = tuple(self.std) * (self.in_chans // len(self.std)) if len(self.std) == 1 else tuple(self.std)
         net = _create_backbone(self.backbone, self.model_args, self.input_size, self.in_chans)

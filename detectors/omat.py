@@ -75,6 +75,13 @@ class OMAT:
         check_settings(self, name="omat")
         if self.keep not in ("all", "success"):
             raise GuardgenError(f"omat: keep must be all or success, got {self.keep!r}")
+        for name, cls, kw in (("attack", OnManifoldAttack, self.attack), ("latent_attack", LatentEvasion, self.latent_attack)):
+            try:  # the attacks run after the base detector: their settings are checked before it trains
+                cls(**kw)._validate_params()
+            except TypeError as err:
+                raise GuardgenError(f"omat {name}: unknown setting among {sorted(kw)} ({err})") from None
+            except GuardgenError as err:
+                raise GuardgenError(f"omat {name}: {err}") from None
 
     def _attack(self, sources: list, detector: Detector, n: int, seed: int, callback, stage: str):
         """``n`` adversarial fakes against ``detector``, split evenly over ``sources`` [("pipe" | "gan i", model)]."""

@@ -53,7 +53,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path`` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # name the folder the user gave, not the temporary file
+        raise OSError(err.errno, err.strerror, str(path.parent)) from None
     os.close(fd)
     tmp = Path(tmp)
     tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; the result gets the usual permissions of a new file
@@ -70,7 +73,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path.parent)) from None
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
@@ -111,7 +117,7 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
 def load_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise GuardgenError(f"{path}: no such file")
+        raise GuardgenError(f"{path}: a folder, not a JSON file" if path.is_dir() else f"{path}: no such file")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -161,7 +167,7 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
 
     path = Path(path)
     if not path.is_file():
-        raise GuardgenError(f"{path}: no such weight file")
+        raise GuardgenError(f"{path}: a folder, not a .safetensors file" if path.is_dir() else f"{path}: no such weight file")
     check_safetensors(path)
     try:
         return load_file(str(path), device=str(device))
@@ -187,7 +193,7 @@ def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
                 "with `guardgen convert FILE` (which reads it with torch.load(weights_only=True))"
             )
         if not path.is_file():
-            raise GuardgenError(f"{path}: no such weight file")
+            raise GuardgenError(f"{path}: a folder, not a .safetensors file" if path.is_dir() else f"{path}: no such weight file")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any failure here is a bad file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,6 +37,9 @@ def guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        for name, value in kwargs.items():  # typer takes "inf" and "nan" as floats; no option means them
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(f"--{name.rstrip('_').replace('_', '-')} {value}: must be a finite number")
         out = kwargs.get("out")
         owned = isinstance(out, Path)
         if owned and out.exists() and not out.is_dir():

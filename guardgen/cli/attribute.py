@@ -95,15 +95,19 @@ def fit(
     """Train closed-set attribution on the seen sources (and discover in --unlabeled if given)."""
     from detectors.attribution import OpenWorldAttribution
     from guardgen.data import load_image_folder
+    from guardgen.errors import GuardgenError
 
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     model = configure(OpenWorldAttribution, params)
     images, labels, names = _load_sources(data, source, per_source, seed, "train", resolution)
+    pool = None if unlabeled is None else load_image_folder(unlabeled, resolution=resolution)[0].images  # read before training
+    if pool is not None and pool.shape[1:] != images.shape[1:]:
+        raise GuardgenError(f"--unlabeled {unlabeled}: images of shape {tuple(pool.shape[1:])}, the sources' are "
+                            f"{tuple(images.shape[1:])}; pass --resolution to resize them")
     console.print(f"training attribution on {len(names)} sources ({len(images)} images): {', '.join(names)}")
     with _progress("closed-set training") as cb:
         model.fit(images, labels, names, callback=cb)
-    if unlabeled is not None:
-        pool = load_image_folder(unlabeled, resolution=resolution)[0].images
+    if pool is not None:
         with _progress("discovery") as cb:
             model.discover(pool, callback=cb)
     model.save_pretrained(out)
@@ -166,6 +170,10 @@ def predict(
     from guardgen.checkpoint import save_json
     from guardgen.data import load_image_folder
 
+    from guardgen.errors import GuardgenError
+
+    if images_dir is not None and (data is not None or source):
+        raise GuardgenError("--images attributes a folder of unknown source; give it alone, without --data or --source")
     model = OpenWorldAttribution.from_pretrained(model_dir)
     if images_dir is not None:
         folder = load_image_folder(images_dir, layout="flat", resolution=resolution)[0]

@@ -64,6 +64,9 @@ def load_source(spec: str, role: str, *, n: int, resolution: int, steps: int, se
     if spec.startswith("mnist") and not Path(spec).exists():
         part = spec.split(":", 1)[1] if ":" in spec else split
         return {f"mnist-{part}": load_mnist(part, resolution).images}
+    if Path(spec).is_file():
+        kinds = "mnist, mnist:train or an image folder" if role == "real" else "a generator spec or an image folder"
+        raise GuardgenError(f"{spec}: a file; the {role} images are {kinds}")
     gen = _generator(spec)
     if gen is not None:
         if role == "real":
@@ -166,6 +169,18 @@ def train(
         raise GuardgenError("--val-fraction must lie strictly between 0 and 1")
     if not omat and (generator or latent_generator):
         raise GuardgenError("--generator and --latent-generator choose what OMAT attacks; add --omat, or drop them")
+    params = dict(backbone=backbone, mode=mode, pretrained_file=pretrained_file, input_size=input_size, resize=resize,
+                  epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, model_args=parse_sets(model_arg), seed=seed, device=device,
+                  mixed_precision=mixed_precision, augment=augment, blur_sigma=(0.0, blur_max))
+    det = Detector(**params)
+    det._validate_params()  # settings are checked before the images are sampled and loaded
+    runner = None
+    if omat:
+        runner = OMAT(detector=params, epochs=omat_epochs, pool_size=pool_size, refresh_every=refresh_every,
+                      refresh_size=refresh_size, lr=omat_lr, seed=seed,
+                      attack={"steps": attack_steps, "lr": attack_lr, "num_inference_steps": sample_steps},
+                      latent_attack={"steps": attack_steps, "lr": attack_lr})
+        runner._validate_params()
     if omat:  # the generators OMAT attacks, checked before any training
         gen_spec = generator or fake[0]
         gen = _generator(gen_spec, model_device(device))  # the attacks run where the generator is
@@ -187,15 +202,11 @@ def train(
     fake_tr, fake_val = _split(fake_x, val_fraction, seed + 1)
     if not len(real_tr) or not len(fake_tr) or not len(real_val) or not len(fake_val):
         raise GuardgenError(f"too few images to train and validate ({len(real_x)} real, {len(fake_x)} fake)")
-    params = dict(backbone=backbone, mode=mode, pretrained_file=pretrained_file, input_size=input_size, resize=resize,
-                  epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, model_args=parse_sets(model_arg), seed=seed, device=device,
-                  mixed_precision=mixed_precision, augment=augment, blur_sigma=(0.0, blur_max))
     console.print(f"training a [bold]{backbone}[/] detector ({mode}) on {len(real_tr)} real / {len(fake_tr)} fake images"
                   + (" with OMAT" if omat else "") + f" -> {out}")
     state = out / "training_state"  # the interrupted run's state; the finished detector replaces the folder
     if not resume and state.exists():
         shutil.rmtree(state)
-    det = Detector(**params)
     if resume and (state / "base" / "state.json").is_file():  # the base detector of an OMAT run had finished
         det.load_state(state / "base", real_tr)
         console.print("resuming: the base detector had finished")
@@ -204,12 +215,7 @@ def train(
             det.fit(real_tr, fake_tr, callback=cb, state_dir=state / "detector", resume=resume)
         if omat:
             det.save_state(state / "base")
-    runner = None
-    if omat:
-        runner = OMAT(detector=params, epochs=omat_epochs, pool_size=pool_size, refresh_every=refresh_every,
-                      refresh_size=refresh_size, lr=omat_lr, seed=seed,
-                      attack={"steps": attack_steps, "lr": attack_lr, "num_inference_steps": sample_steps},
-                      latent_attack={"steps": attack_steps, "lr": attack_lr})
+    if runner is not None:
         with progress_callback("omat", keys=("loss", "success_rate")) as cb:
             runner.fit(real_tr, fake_tr, pipe=gen[1] if gen[0] == "pipeline" else None, gans=gans, base=det, callback=cb,
                        state_dir=state / "omat", resume=resume)

@@ -69,6 +69,11 @@ def concept(
 
     ref = resolve(model)
     if ref.kind == "gan":
+        given = [name for name, value in (("--override", override), ("--retain", retain), ("--override-mode", override_mode))
+                 if value]
+        if given:
+            raise GuardgenError(f"{' and '.join(given)}: a GAN forgets oracle classes outright; these options are for "
+                                "diffusion models")
         return _concept_gan(model, forget=forget, method=method, iterations=iterations, sets=set_, out=out, oracle=oracle,
                             samples=max(20 * eval_per_class, 200), evaluate=evaluate, seed=seed, device=device,
                             mixed_precision=mixed_precision, resume=resume)

@@ -73,13 +73,20 @@ def _register() -> None:
         return DigitNet(**kwargs)
 
 
-def create_classifier(architecture: str, **kwargs) -> nn.Module:
-    """``timm.create_model(architecture, pretrained=False, **kwargs)``; guardgen's own nets are registered first."""
+def check_architecture(architecture: str) -> None:
+    """A one-line error unless timm (with guardgen's own nets registered) knows ``architecture``."""
     import timm
 
     _register()
     if not timm.is_model(architecture):
         raise GuardgenError(f"unknown classifier architecture {architecture!r}; see timm.list_models()")
+
+
+def create_classifier(architecture: str, **kwargs) -> nn.Module:
+    """``timm.create_model(architecture, pretrained=False, **kwargs)``; guardgen's own nets are registered first."""
+    import timm
+
+    check_architecture(architecture)
     return timm.create_model(architecture, pretrained=False, **kwargs)
 
 

@@ -122,6 +122,10 @@ def test_style_space_layer_mask_and_noise():
     assert parse_layers("coarse", 18) == (0, 1, 2, 3) and parse_layers("middle", 18) == parse_layers("medium", 18)
     with pytest.raises(GuardgenError, match="out of range"):
         parse_layers("5", 4)
+    with pytest.raises(GuardgenError, match="runs backwards; write 2-5"):
+        parse_layers("5-2", 8)
+    with pytest.raises(GuardgenError, match="selects no layer"):
+        parse_layers("fine", 6)
     with pytest.raises(GuardgenError, match="single latent layer|out of range"):
         LatentEvasion(layers="1").attack(latent_space(tiny_gan()), [det], 2)
 

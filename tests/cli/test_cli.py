@@ -191,3 +191,10 @@ def test_out_is_refused_when_it_holds_files_guardgen_did_not_write(tmp_path):
         result = invoke("zoo", "show", "mnist-oracle", "--out", out, "--per-class", 1)
         assert result.exit_code == 0, result.output
         assert (out / ".guardgen").is_file() and (out / "results.json").is_file()
+
+
+def test_a_float_option_that_is_not_finite_is_one_line(tmp_path):
+    """Typer takes "inf" as a float that passes min=0 (and "nan" where there is no bound: see the detect tests)."""
+    result = invoke("zoo", "show", "mnist-ddpm", "--guidance-scale", "inf", "--out", tmp_path / "show")
+    assert result.exit_code == 2 and "must be a finite number" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "show").exists()

@@ -96,6 +96,24 @@ def test_bad_inputs_exit_2(folders):
     assert result.exit_code == 2 and "expects 8x8" in text(result)
     assert invoke("detect", "eval", "--detector", folders / "nothing", "--fake", data).exit_code == 2
     assert invoke("detect", "score", folders / "missing.png", "--detector", det).exit_code == 2
+    (folders / "list.txt").write_text("a.png\n")
+    result = invoke("detect", "train", "--real", folders / "list.txt", "--out", folders / "d6", *TINY)
+    assert result.exit_code == 2 and "a file; the real images are mnist" in text(result)
+
+
+@pytest.mark.parametrize("bad", [["--attack-lr", "-1"], ["--lr", "inf"], ["--lr", "nan"], ["--backbone", "no_such_net"]])
+def test_bad_settings_are_refused_before_any_image_is_sampled(folders, tiny_class_pipeline, monkeypatch, bad):
+    import guardgen.cli.detect as detect_cli
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("images were loaded before the settings were checked")
+
+    monkeypatch.setattr(detect_cli, "_load_many", loaded)
+    result = invoke("detect", "train", "--real", folders / "data", "--fake", tiny_class_pipeline, "--omat",
+                    "--out", folders / "d", *TINY, *bad)
+    assert result.exit_code == 2, result.output
+    assert any(m in text(result) for m in (f"{bad[0]} {bad[1]}: must be a finite number", "attack: on_manifold: setting lr=-1",
+                                           "unknown classifier architecture 'no_such_net'"))
 
 
 def test_an_interrupted_omat_run_resumes_with_resume(folders, tiny_class_pipeline, monkeypatch):

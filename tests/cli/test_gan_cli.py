@@ -96,6 +96,9 @@ def test_unlearn_concept_gan_bad_input(tmp_path, tiny_gan, tiny_oracle):
     assert result.exit_code == 2 and "for a GAN use --method" in result.output
     result = runner.invoke(app, base + ["--forget", "seven", "--method", "gan_finetune"])
     assert result.exit_code == 2 and "class ids" in result.output
+    for extra in (["--override", "1"], ["--retain", "3"], ["--override-mode", "oracle"]):  # diffusion-only options
+        result = runner.invoke(app, base + ["--forget", "7", *extra])
+        assert result.exit_code == 2 and f"{extra[0]}: a GAN forgets oracle classes outright" in result.output
     # the feature is found in fewer samples than min_negatives: the run stops with one line
     result = runner.invoke(app, base + ["--forget", "3", "--method", "gan_finetune", "--set", "num_samples=16",
                                         "--set", "min_negatives=17"])
@@ -149,3 +152,14 @@ def test_attribute_fit_discover_predict(tmp_path, make_sources):
 def test_attribute_fit_bad_source(tmp_path):
     result = runner.invoke(app, ["attribute", "fit", "--source", "nonsense", "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "NAME=SPEC" in result.output
+
+
+def test_attribute_bad_unlabeled_and_images_are_refused_before_training(tmp_path, make_sources):
+    seen = _write_sources(make_sources, tmp_path / "seen", 40, 0, ["a", "b"])
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--unlabeled", str(tmp_path / "empty"),
+                                 "--out", str(tmp_path / "m"), "--device", "cpu"])
+    assert result.exit_code == 2 and "no readable images" in result.output and "training" not in result.output
+    result = runner.invoke(app, ["attribute", "predict", str(tmp_path / "m"), "--images", str(seen / "a"),
+                                 "--source", "a=mnist"])
+    assert result.exit_code == 2 and "give it alone" in " ".join(result.output.split())

@@ -114,3 +114,13 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_folder_given_for_a_file_and_an_unwritable_place_are_named(tmp_path):
+    with pytest.raises(GuardgenError, match="a folder, not a JSON file"):
+        load_json(tmp_path)
+    with pytest.raises(GuardgenError, match="a folder, not a .safetensors file"):
+        load_safetensors(tmp_path)
+    with pytest.raises(OSError) as err:  # /proc takes no new files, even for root
+        save_json({"a": 1}, "/proc/guardgen-test.json")
+    assert err.value.filename == "/proc"

@@ -181,6 +181,12 @@ def test_bad_inputs():
         tiny(mode="lora").fit(real, fake)
     with pytest.raises(GuardgenError, match="lr_schedule"):
         tiny(lr_schedule="step").fit(real, fake)
+    with pytest.raises(GuardgenError, match="one value, or one per channel"):
+        tiny(mean=()).fit(real, fake)
+    with pytest.raises(GuardgenError, match="each std > 0"):
+        tiny(std=(0.0,)).fit(real, fake)
+    with pytest.raises(GuardgenError, match="the images have 1 channel"):
+        tiny(mean=(0.5, 0.5)).fit(real, fake)
     with pytest.raises(GuardgenError, match="not trained"):
         tiny().predict_proba(real)
     with pytest.raises(GuardgenError, match="not a detector folder"):
