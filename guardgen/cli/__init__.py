@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from guardgen.cli import attack, attribute, audit, convert, copyright, detect, unlearn, zoo
 
@@ -34,4 +35,23 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """The ``guardgen`` script: as ``app()``, but a usage error (an unknown option, a value out of range) is one line
+    on stderr with exit code 2, like guardgen's own errors, not Typer's boxed block."""
+    import sys
+
+    from guardgen.cli._common import err_console
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err_console.print("aborted")
+        code = 1
+    except typer.TyperException as err:  # click's usage errors (typer vendors click; this is their public base)
+        code = getattr(err, "exit_code", 2)
+        if type(err).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            message = " ".join(err.format_message().split())
+            err_console.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", soft_wrap=True, highlight=False,
+                              emoji=False)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -198,3 +198,33 @@ def test_a_float_option_that_is_not_finite_is_one_line(tmp_path):
     result = invoke("zoo", "show", "mnist-ddpm", "--guidance-scale", "inf", "--out", tmp_path / "show")
     assert result.exit_code == 2 and "must be a finite number" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "show").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["zoo", "show", "mnist-ddpm", "--per-class", "0"], "error: Invalid value for '--per-class'"),
+    (["zoo", "show", "mnist-ddpm", "--bogus"], "error: No such option: --bogus"),
+    (["no-such-command"], "error: No such command 'no-such-command'."),
+])
+def test_the_script_reports_a_usage_error_in_one_line(monkeypatch, capsys, argv, message):
+    """The `guardgen` script prints Typer's usage errors as one line, exit code 2, like guardgen's own errors."""
+    from guardgen.cli import main
+
+    monkeypatch.setattr("sys.argv", ["guardgen", *argv])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
+    assert "--help" in err
+
+
+def test_the_script_keeps_help_and_exit_codes(monkeypatch, capsys):
+    from guardgen import __version__
+    from guardgen.cli import main
+
+    for argv, code in ((["version"], 0), (["zoo", "list", "--help"], 0), (["zoo"], 2)):
+        monkeypatch.setattr("sys.argv", ["guardgen", *argv])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        assert stop.value.code == code, argv
+    out = capsys.readouterr().out
+    assert out.startswith(__version__) and out.count("Usage:") == 2
