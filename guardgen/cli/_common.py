@@ -83,11 +83,20 @@ def progress_callback(description: str, total: int | None = None, keys: tuple[st
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task(description, total=total, info="")
 
+        stepped = False
+
         def callback(step: int, logs: dict) -> None:
+            nonlocal stepped
+            stepped = True
             info = "  ".join(f"{k} {logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
             progress.update(task, completed=step, total=logs.get("total", total), info=info)
 
-        yield callback
+        try:
+            yield callback
+        except GuardgenError:
+            if not stepped:  # refused before the first step: the error line alone, not an empty bar above it
+                progress.update(task, visible=False)
+            raise
 
 
 def results_table(title: str, rows: list[dict], columns: list[str] | None = None) -> Table:
