@@ -112,7 +112,10 @@ class AuditConfig:
             raise GuardgenError(f"{where}: unknown audit setting {key!r}; known: {', '.join(sorted(names))}, thresholds.*")
         default = getattr(type(self)(), key)
         if isinstance(default, tuple):
-            value = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+            numbers = [_number(v, key, where) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            if not all(float(v).is_integer() for v in numbers):
+                raise GuardgenError(f"{where}: {key} needs whole numbers, got {value!r}")
+            value = tuple(int(v) for v in numbers)
         elif key == "guidance_scale":
             value = None if value in (None, "none", "None") else _number(value, key, where)
         elif isinstance(default, (int, float)):
@@ -153,16 +156,25 @@ class AuditConfig:
 
 def _number(value, key: str, where: str) -> float:
     try:
-        return float(value) if not isinstance(value, (int, float)) else value
+        if isinstance(value, bool):  # JSON true/false would pass as 1/0
+            raise TypeError
+        number = float(value) if not isinstance(value, (int, float)) else value
+        if number != number:  # NaN passes no comparison: a threshold of NaN would never fire
+            raise ValueError
     except (TypeError, ValueError):
         raise GuardgenError(f"{where}: {key} needs a number, got {value!r}") from None
+    return number
 
 
 def _merge_thresholds(target: dict, new, where: str) -> None:
     if not isinstance(new, dict):
         raise GuardgenError(f"{where}: 'thresholds' must be an object section -> metric -> {{warn, fail}}")
     for section, metrics in new.items():
+        if not isinstance(metrics or {}, dict):
+            raise GuardgenError(f"{where}: thresholds.{section} must be an object metric -> {{warn, fail}}, got {metrics!r}")
         for metric, levels in (metrics or {}).items():
+            if not isinstance(levels or {}, dict):
+                raise GuardgenError(f"{where}: thresholds.{section}.{metric} must be an object {{warn, fail}}, got {levels!r}")
             for level, value in (levels or {}).items():
                 AuditConfig._set(_Holder(target), f"thresholds.{section}.{metric}.{level}", value, where)
 

@@ -15,8 +15,9 @@ import importlib
 import inspect
 
 from guardgen.audit._base import Section, not_run
+from guardgen.errors import GuardgenError
 
-__all__ = ["copyright_section"]
+__all__ = ["check_shards", "copyright_section"]
 
 LIMITATIONS = [
     "k is estimated with a per-denoising-step Gaussian likelihood proxy, not exact likelihoods.",
@@ -24,6 +25,34 @@ LIMITATIONS = [
     "(Elkin-Koren et al. 2024), and NAF models can still be 'tainted' (Cohen 2025).",
     "The guarantee holds only if every protected work and its near-duplicates sit in exactly one shard.",
 ]
+
+
+def check_shards(shard_specs: list, subject=None) -> None:
+    """Cheap checks of --shards before any section runs: each resolves to a diffusion pipeline folder, and, with
+    ``subject`` (the loaded audited model), samples in the same space as it. The shards are loaded in the section."""
+    from guardgen.checkpoint import load_json
+    from guardgen.models import model_folder
+
+    if not shard_specs:
+        return
+    if subject is not None and (subject.kind == "gan" or subject.cond is None):
+        raise GuardgenError(f"--shards: the copyright (NAF) section needs a class- or text-conditional diffusion pipeline, "
+                            f"and {subject.spec} is {'a GAN' if subject.kind == 'gan' else 'unconditional'}")
+    for spec in shard_specs:
+        try:
+            ref, path = model_folder(spec)
+        except GuardgenError as err:
+            raise GuardgenError(f"--shards {str(err).splitlines()[0]}") from None  # the message starts with the spec
+        if ref.kind != "pipeline":
+            raise GuardgenError(f"--shards {spec}: holds a {ref.kind}, not a diffusion pipeline folder (model_index.json)")
+        unet = getattr(getattr(subject, "model", None), "unet", None)
+        if unet is not None and (path / "unet" / "config.json").is_file():
+            config = load_json(path / "unet" / "config.json")
+            theirs = _space(config) if isinstance(config, dict) else None
+            ours = _space(dict(unet.config))
+            if theirs != ours:
+                raise GuardgenError(f"--shards {spec}: samples in another space than {subject.spec} ((channels, size, "
+                                    f"conditioning) {theirs} vs {ours}); shards must share the audited model's architecture family")
 
 
 def copyright_section(subject, shard_specs: list, conditions: list, *, config) -> Section:
@@ -49,3 +78,10 @@ def copyright_section(subject, shard_specs: list, conditions: list, *, config) -
     plots = {"k": {"kind": "hist", "series": {"k_x (bits)": ks}, "xlabel": "k_x (bits)", "ylabel": "share",
                    "threshold": result.get("k_threshold")}} if ks else {}
     return Section(name="copyright", figures=figures, plots=plots, limitations=LIMITATIONS)
+
+
+def _space(unet_config: dict) -> tuple:
+    """(channels, size, conditioning) a UNet samples in, read from its config (as ``conditioning_for`` tells them)."""
+    size = unet_config.get("sample_size")
+    conditioning = "class" if unet_config.get("num_class_embeds") else "text" if unet_config.get("cross_attention_dim") else "none"
+    return unet_config.get("in_channels"), tuple(size) if isinstance(size, (list, tuple)) else size, conditioning

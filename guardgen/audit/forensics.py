@@ -7,7 +7,7 @@ import torch
 from guardgen.audit._base import Section, not_run
 from guardgen.errors import GuardgenError
 
-__all__ = ["forensics_section"]
+__all__ = ["check_forensics_inputs", "forensics_section"]
 
 LIMITATIONS = [
     "A detector is only as good as the generators it was trained on; a low detection rate on a new model is the "
@@ -52,6 +52,30 @@ def forensics_section(pool: dict, real, *, detector: str | None, attribution: st
             plots["attribution"] = {"kind": "bars", "labels": list(counts), "values": list(counts.values()),
                                     "xlabel": "attributed source", "ylabel": "samples"}
     return Section(name="forensics", figures=figures, tables=tables, plots=plots, limitations=LIMITATIONS)
+
+
+def check_forensics_inputs(detector: str | None, attribution: str | None) -> None:
+    """Cheap checks of --detector and --attribution (a folder, its config.json of the right kind, its weight
+    files), before any section runs; the full load happens in the section."""
+    from guardgen.checkpoint import load_json
+
+    for spec, option, what, how, weights in ((detector, "--detector", "detector", "guardgen detect train", ("model",)),
+                                             (attribution, "--attribution", "attribution model", "guardgen attribute fit",
+                                              ("model", "ood"))):
+        if not spec:
+            continue
+        path = _folder(spec, option)
+        config = load_json(path / "config.json") if (path / "config.json").is_file() else None
+        if option == "--detector":
+            ok = isinstance(config, dict) and "detector" in config and "preprocessing" in config
+        else:
+            ok = isinstance(config, dict) and config.get("_class") == "OpenWorldAttribution"
+        if not ok:
+            raise GuardgenError(f"{option} {spec}: not a guardgen {what} folder (no config.json of one); make one "
+                                f"with `{how}`")
+        missing = [f"{name}.safetensors" for name in weights if not (path / f"{name}.safetensors").is_file()]
+        if missing:
+            raise GuardgenError(f"{option} {spec}: no {', '.join(missing)} beside config.json")
 
 
 def _folder(spec: str, option: str):

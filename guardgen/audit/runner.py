@@ -63,8 +63,8 @@ def run_audit(
     ``callback(step, logs)`` is called as sections start and end, with ``logs = {"section", "event",
     "total", "seconds"}``; the library never prints.
     """
-    from guardgen.audit.copyright import copyright_section
-    from guardgen.audit.forensics import forensics_section
+    from guardgen.audit.copyright import check_shards, copyright_section
+    from guardgen.audit.forensics import check_forensics_inputs, forensics_section
     from guardgen.audit.leakage import leakage_section
     from guardgen.audit.membership import membership_section
     from guardgen.audit.memorization import memorization_section
@@ -76,6 +76,8 @@ def run_audit(
 
     config = config or AuditConfig()
     config.validate()
+    check_forensics_inputs(detector, attribution)  # cheap checks first: a typo costs no model load
+    check_shards(list(shards))
     t_start = time.perf_counter()
     seed_everything(config.seed)
     subject = load_subject(spec, guidance_scale=config.guidance_scale)
@@ -87,23 +89,33 @@ def run_audit(
         judge = load_model(oracle, kind="classifier")
 
     # inputs are checked before anything slow runs
+    check_shards(list(shards), subject)
     forgotten = list((subject.run or {}).get("forget") or [])
     concepts = [_split_concept(subject, str(c)) for c in concepts] or [str(f) for f in forgotten]
+    num_classes = getattr(judge, "num_classes", None)
     for c in concepts:
         cond = subject.parse(c)
-        if judge is not None and subject.concept_class(cond) is None:
+        cls = subject.concept_class(cond)
+        if judge is not None and cls is None:
             raise GuardgenError(f"concept {c!r}: no oracle class known for it on {spec}; use a class id or one of the "
                                 "model's phrasings (see its model card)")
+        if isinstance(num_classes, int) and cls is not None and not 0 <= cls < num_classes:
+            raise GuardgenError(f"concept {c!r}: oracle class {cls} is out of range; the oracle {oracle} has "
+                                f"{num_classes} classes (0..{num_classes - 1})")
+    conditions = subject.quality_conditions(concepts)
     forgotten_classes = sorted({k for f in forgotten if (k := subject.concept_class(subject.parse(str(f)))) is not None})
     if train_data is None and _zoo_mnist(subject):
         train_data = "mnist"
+    if holdout_data and not train_data:
+        raise GuardgenError(f"--holdout-data {holdout_data}: pass --train-data too (held-out images are the "
+                            "non-members compared with the training members)")
     train = holdout = None
     train_description = None
     if train_data:
         exclude = tuple((subject.meta.get("train_config") or {}).get("exclude") or ())
         train, holdout, train_description = load_data(train_data, subject.image_shape, exclude=exclude)
         if holdout_data:  # "mnist" here means its test split
-            first, second, _ = load_data(holdout_data, subject.image_shape)
+            first, second, _ = load_data(holdout_data, subject.image_shape, option="--holdout-data")
             holdout = second if second is not None else first
 
     features = FeatureCache(judge) if judge is not None else None
@@ -128,7 +140,6 @@ def run_audit(
     pool = {}
 
     def quality():
-        conditions = subject.quality_conditions(concepts)
         if conditions == [None]:
             conds = [None] * config.unconditional_samples
         else:

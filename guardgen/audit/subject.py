@@ -218,35 +218,36 @@ def load_subject(spec: str, *, device: str = "cpu", guidance_scale: float | None
                    guidance_scale=guidance_scale)
 
 
-def load_data(spec: str | None, shape: tuple[int, int, int], *, exclude=()) -> tuple[object, object, str]:
+def load_data(spec: str | None, shape: tuple[int, int, int], *, exclude=(), option: str = "--train-data") -> tuple[object, object, str]:
     """Training data and held-out data for a spec: ``mnist`` (the zoo's split) or an image folder.
 
     Returns ``(train ImageSet, holdout ImageSet or None, description)``. Images must match ``shape``
     (C, H, W): data of another resolution or channel count is refused (one line, exit 2), not resized,
-    since distances to training images are only meaningful at the model's own resolution.
+    since distances to training images are only meaningful at the model's own resolution. ``option`` names
+    the flag in those messages.
     """
     from guardgen.data import load_image_folder
 
     c, h, w = shape
     if spec in ("mnist", "zoo:mnist"):
         if c != 1:
-            raise GuardgenError(f"--train-data mnist is grayscale but the model makes {c}-channel images")
+            raise GuardgenError(f"{option} mnist is grayscale but the model makes {c}-channel images")
         train, test = _mnist_split(h)
         if exclude:
             train = train.exclude(exclude)
         return train, test, f"MNIST-5k train split (4,000{' minus classes ' + str(list(exclude)) if exclude else ''}), {h}x{w}; held out: test split (1,000)"
     folder = Path(str(spec)).expanduser()
     if not folder.is_dir():
-        raise GuardgenError(f"--train-data {spec}: no such folder; pass 'mnist' or a folder of images")
+        raise GuardgenError(f"{option} {spec}: no such folder; pass 'mnist' or a folder of images")
     train, report = load_image_folder(folder, layout="flat" if not any(p.is_dir() for p in folder.iterdir()) else "auto")
     if len(train) == 0:
-        raise GuardgenError(f"--train-data {spec}: no readable images ({len(report.skipped)} skipped)")
+        raise GuardgenError(f"{option} {spec}: no readable images ({len(report.skipped)} skipped)")
     got = tuple(train.images.shape[1:])
     if got[1:] != (h, w):
-        raise GuardgenError(f"--train-data {spec}: images are {got[1]}x{got[2]} but the model makes {h}x{w}; "
+        raise GuardgenError(f"{option} {spec}: images are {got[1]}x{got[2]} but the model makes {h}x{w}; "
                             f"pass training data at the model's resolution")
     if got[0] != c:
-        raise GuardgenError(f"--train-data {spec}: images have {got[0]} channel(s) but the model makes {c}")
+        raise GuardgenError(f"{option} {spec}: images have {got[0]} channel(s) but the model makes {c}")
     return train, None, f"image folder {folder} ({len(train)} images)"
 
 

@@ -113,3 +113,102 @@ def test_bad_settings(tmp_path, tiny_class_pipeline):
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     _one_line_exit_2(invoke("audit", tiny_class_pipeline, "--config", bad, "--out", tmp_path / "r"), "not valid JSON")
+
+
+SECTIONS = {"provenance": "provenance_section", "quality": "quality_section", "leakage": "leakage_section",
+            "memorization": "memorization_section", "membership": "membership_section",
+            "copyright": "copyright_section", "forensics": "forensics_section"}
+
+
+@pytest.fixture
+def no_sections(monkeypatch):
+    """Every section function replaced by one that records its call and stops the audit: bad input must be
+    refused before any of them runs."""
+    import importlib
+
+    ran = []
+    for module, fn in SECTIONS.items():
+        def section(*args, _name=module, **kwargs):
+            ran.append(_name)
+            raise RuntimeError(f"section {_name} ran")
+
+        monkeypatch.setattr(importlib.import_module(f"guardgen.audit.{module}"), fn, section)
+    return ran
+
+
+def _refused_up_front(result, message, ran):
+    _one_line_exit_2(result, message)
+    assert ran == [], f"sections ran before the error: {ran}"
+
+
+@pytest.mark.parametrize("spec,concept", [("zoo:mnist-gan", "99"), ("zoo:mnist-t2i", "foo=99")])
+def test_a_concept_outside_the_oracle_classes(tmp_path, no_sections, spec, concept):
+    _refused_up_front(invoke("audit", spec, "--concept", concept, "--out", tmp_path / "r"),
+                      "oracle class 99 is out of range; the oracle zoo:mnist-oracle has 10 classes", no_sections)
+
+
+def _fake_checkpoint(folder, config, weights=("model",)):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in weights:
+        (folder / f"{name}.safetensors").write_bytes(b"")  # the cheap checks read no weights
+    return folder
+
+
+@pytest.mark.parametrize("flag,make,message", [
+    ("--detector", lambda p: p / "missing", "no such folder"),
+    ("--detector", lambda p: _fake_checkpoint(p / "junk", {"hello": 1}), "not a guardgen detector folder"),
+    ("--detector", lambda p: _fake_checkpoint(p / "noweights", {"detector": {}, "preprocessing": {}}, ()),
+     "no model.safetensors beside config.json"),
+    ("--attribution", lambda p: _fake_checkpoint(p / "det", {"detector": {}, "preprocessing": {}}),
+     "not a guardgen attribution model folder"),
+    ("--attribution", lambda p: (p / "attr.pt").write_bytes(b"x") and p / "attr.pt", "a pickle file"),
+])
+def test_bad_forensics_inputs_are_refused_before_any_section(tmp_path, no_sections, flag, make, message):
+    result = invoke("audit", "zoo:mnist-gan", "--concept", 7, flag, make(tmp_path), "--out", tmp_path / "r")
+    _refused_up_front(result, message, no_sections)
+    assert f"error: {flag} " in result.output
+
+
+@pytest.mark.parametrize("spec,shards,message", [
+    (None, ["/no/such/shard", "zoo:mnist-ddpm"], "--shards /no/such/shard: no such file or folder"),
+    (None, ["zoo:mnist-gan", "zoo:mnist-ddpm"], "--shards zoo:mnist-gan: holds a gan, not a diffusion pipeline"),
+    (None, ["zoo:mnist-ddpm", "zoo:mnist-ddim-b"], "samples in another space than"),  # 16x16 shards, an 8x8 model
+    ("zoo:mnist-gan", ["zoo:mnist-ddpm", "zoo:mnist-ddim-b"], "and zoo:mnist-gan is a GAN"),
+])
+def test_bad_shards_are_refused_before_any_section(tmp_path, no_sections, tiny_class_pipeline, spec, shards, message):
+    result = invoke("audit", spec or tiny_class_pipeline, "--shards", *shards, "--out", tmp_path / "r")
+    _refused_up_front(result, message, no_sections)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "mia_timesteps=abc"], "mia_timesteps needs a number, got 'abc'"),  # was a ValueError traceback
+    (["--set", "mia_timesteps=[1.5]"], "mia_timesteps needs whole numbers"),  # was truncated to 1
+    (["--set", "batch_size=true"], "batch_size needs a number, got True"),  # was batch size 1
+    (["--set", "thresholds.membership.auroc.fail=NaN"], "needs a number, got nan"),  # a check that never fires
+    ({"thresholds": {"membership": 0.8}}, "thresholds.membership must be an object"),  # was an AttributeError traceback
+    ({"thresholds": {"membership": {"auroc": 0.8}}}, "thresholds.membership.auroc must be an object"),
+])
+def test_bad_settings_without_a_traceback(tmp_path, no_sections, args, message):
+    if isinstance(args, dict):
+        (tmp_path / "audit.json").write_text(json.dumps(args))
+        args = ["--config", tmp_path / "audit.json"]
+    _refused_up_front(invoke("audit", "zoo:mnist-gan", *args, "--out", tmp_path / "r"), message, no_sections)
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_any_section(tmp_path, no_sections):
+    (tmp_path / "file").write_text("x")
+    _refused_up_front(invoke("audit", "zoo:mnist-gan", "--out", tmp_path / "file" / "report"),
+                      "file is a file, not a folder", no_sections)  # was: all sections, then NotADirectoryError
+
+
+def test_holdout_data_is_checked_and_not_ignored(tmp_path, no_sections, tiny_class_pipeline):
+    _refused_up_front(invoke("audit", "zoo:mnist-gan", "--holdout-data", tmp_path / "nope", "--out", tmp_path / "r"),
+                      "--holdout-data", no_sections)  # the message named --train-data
+    _refused_up_front(invoke("audit", tiny_class_pipeline, "--holdout-data", "mnist", "--out", tmp_path / "r"),
+                      "pass --train-data too", no_sections)  # was silently ignored without --train-data
+
+
+def test_a_text_model_without_prompts_needs_concepts_before_any_section(tmp_path, no_sections, tiny_sd_pipeline):
+    _refused_up_front(invoke("audit", tiny_sd_pipeline, "--oracle", "", "--out", tmp_path / "r"),
+                      "pass the prompts to sample with --concept", no_sections)  # was raised after provenance ran
