@@ -28,19 +28,22 @@ def shard(
     copies: Annotated[int, typer.Option(min=0, help="Near-duplicate copies of each protected work planted in the data (0: none).")] = 0,
     noise: Annotated[float, typer.Option(min=0.0, help="Pixel-noise std of the planted copies.")] = 0.02,
     shards: Annotated[int, typer.Option(min=1, help="Number of shards.")] = 2,
-    threshold: Annotated[float, typer.Option(help="Near-duplicate RMS pixel distance (images pooled to --size).", rich_help_panel=PANEL_DEDUP)] = 0.03,
+    threshold: Annotated[float, typer.Option(min=0.0, help="Near-duplicate RMS pixel distance (images pooled to --size).", rich_help_panel=PANEL_DEDUP)] = 0.03,
     size: Annotated[int, typer.Option(min=1, help="Pooling size of the perceptual pixel distance.", rich_help_panel=PANEL_DEDUP)] = 8,
     resolution: Annotated[int, typer.Option(min=1, help="Image resolution.")] = 16,
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """Split a dataset into disjoint shards with every protected work and its near-duplicates in one shard."""
-    from guardgen.copyright import Shards, load_protected, plan_given_shards, save_shards, shard_dataset, with_copies
+    from guardgen.copyright import (Shards, check_labels, load_protected, plan_given_shards, save_shards, shard_dataset,
+                                    with_copies)
     from guardgen.data import ImageSet, load_image_set, load_mnist, resize
     from guardgen.errors import GuardgenError
 
     if shards < 2 and not from_shard:
         raise GuardgenError(f"--shards {shards}: NAF needs at least 2 shards")
-    works, labels, names = load_protected(protected, resolution)
+    if from_shard and (copies or data != "mnist" or shards not in (2, len(from_shard))):  # 2: the default of --shards
+        raise GuardgenError("--from-shard takes the shards as given; it does not go with --copies, --data or --shards")
+    works, labels, names = load_protected(protected, resolution, num_classes=None if from_shard or data != "mnist" else 10)
 
     def read(folder: str) -> ImageSet:
         if not Path(folder).is_dir():
@@ -51,9 +54,15 @@ def shard(
 
     if from_shard:
         parts = [read(f) for f in from_shard]
+        for folder, part in zip(from_shard, parts):
+            if part.class_names != parts[0].class_names:
+                raise GuardgenError(f"--from-shard {folder}: classes {part.class_names}, but {from_shard[0]} has "
+                                    f"{parts[0].class_names}; the labels would not match")
+        check_labels(labels, names, len(parts[0].class_names))
         dataset, plan = plan_given_shards(parts, works, threshold=threshold, size=size, names=list(from_shard))
     else:
         dataset = load_mnist("train", resolution) if data == "mnist" else read(data)
+        check_labels(labels, names, len(dataset.class_names))
         if copies > 0:
             dataset = with_copies(dataset, works, labels, copies=copies, noise=noise, seed=seed)
         plan = shard_dataset(dataset, works, n_shards=shards, threshold=threshold, size=size, seed=seed)
@@ -77,7 +86,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Models folder: full/ and shard-i/ pipeline folders.")] = Path("runs/naf/models"),
     model: Annotated[list[str], typer.Option(help="Which models to train: full, shard-0, ...", show_default="all")] = [],
     steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model.", show_default="the zoo's")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Any mnist-ddpm setting: KEY=VALUE (block_out_channels=[16,32,32]).")] = [],
+    set_: Annotated[list[str], typer.Option("--set", help="Any mnist-ddpm setting: KEY=VALUE (block_out_channels=[16,32,32]); seed and device through their options.")] = [],
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Keep the models already finished in --out and continue the "
@@ -85,12 +94,21 @@ def train(
 ) -> None:
     """Train the full model and one model per shard with the zoo's class-conditional DDPM training loop."""
     from guardgen.checkpoint import save_json
-    from guardgen.copyright import load_shards, train_shard_models
+    from guardgen.copyright import load_shards, shard_config, train_shard_models
+    from guardgen.errors import GuardgenError
+    from guardgen.utils import check_device
 
+    sets = parse_sets(set_)
+    for key in ("seed", "device"):
+        if key in sets:
+            raise GuardgenError(f"--set {key}={sets[key]}: use --{key}")
+    shard_config(sets)  # a bad key or value is refused here, before anything is loaded
+    if steps is not None and sets.setdefault("steps", steps) != steps:
+        raise GuardgenError(f"--steps {steps} and --set steps={sets['steps']} disagree; give one of them")
+    config = {"seed": seed, "device": device, **sets}
+    check_device(device, shard_config(config).mixed_precision)
     data = load_shards(shards)
-    config = {"seed": seed, "device": device, **parse_sets(set_)}
-    if steps is not None:
-        config["steps"] = steps
+    shard_config(config, data.data.images.shape[-1])  # and against the data's resolution, before any training
     with progress_callback("training", keys=("loss",)) as callback:
         metrics = train_shard_models(data, out, which=model or None, callback=callback, resume=resume, **config)
     save_json({"shards": str(shards), "config": config, "metrics": metrics}, out / "train.json")
@@ -120,7 +138,8 @@ def sample(
 ) -> None:
     """CP-k: rejection-sample the full model, keeping samples whose log-ratio to every shard model is <= k."""
     from guardgen.checkpoint import save_json
-    from guardgen.copyright import CPk, calibrate_k, check_k, load_shards, reproduction, sample_with_log_ratios
+    from guardgen.copyright import (CPk, calibrate_k, check_k, image_shape, load_shards, reproduction,
+                                    sample_with_log_ratios)
     from guardgen.data import save_grid
     from guardgen.errors import GuardgenError
     from guardgen.models import load_model
@@ -128,6 +147,11 @@ def sample(
 
     if k is not None:
         check_k(k)
+        if clean:
+            raise GuardgenError("--clean calibrates k; give --clean or --k, not both")
+    elif not 0 < quantile < 1:
+        raise GuardgenError(f"--quantile {quantile}: out of range; k is calibrated at a quantile in (0, 1)")
+    works = load_shards(shards).protected if shards is not None else None  # a bad --shards fails before sampling
     if n < 1:
         raise GuardgenError(f"n={n}: expected at least 1 sample per condition")
     from guardgen.models import resolve
@@ -140,6 +164,9 @@ def sample(
     for s, q in zip(safe, qs):
         if conditioning_for(q).kind != cond.kind:
             raise GuardgenError(f"--safe {s}: {conditioning_for(q).kind}-conditional, the full model is {cond.kind}-conditional")
+    if works is not None and tuple(works.shape[1:]) != image_shape(p):
+        raise GuardgenError(f"--shards {shards}: protected works of shape {tuple(works.shape[1:])}, but the model samples "
+                            f"{image_shape(p)}; use the shards the models were trained on")
     conditions = [cond.parse(c) for c in condition]
     calibration = None
     if k is None:
@@ -158,8 +185,7 @@ def sample(
                "likelihood": res.likelihood, "note": PROXY, "seed": seed}
     rows = [{"condition": c, "draws": v["draws"], "acceptance": v["acceptance"], "k_effective": v["k_effective"]}
             for c, v in res.per_condition.items()]
-    if shards is not None:
-        works = load_shards(shards).protected
+    if works is not None:
         full, cpk = reproduction(res.first_images, works, delta), reproduction(res.images, works, delta)
         results["reproduction"] = {"delta": delta, "full": full["rate"], "cp_k": cpk["rate"],
                                    "full_per_work": full["per_work"], "cp_k_per_work": cpk["per_work"]}

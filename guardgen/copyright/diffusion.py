@@ -26,7 +26,7 @@ from guardgen.copyright.bounds import check_k, k_effective
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, PositiveInt, UnitFloat, check_settings
 
-__all__ = ["CPk", "CPkSamples", "audit_naf", "calibrate_k", "sample_with_log_ratios"]
+__all__ = ["CPk", "CPkSamples", "audit_naf", "calibrate_k", "image_shape", "sample_with_log_ratios"]
 
 
 def _decode(pipe, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +35,16 @@ def _decode(pipe, x: torch.Tensor) -> torch.Tensor:
     if vae is not None:
         x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
     return ((x.float() + 1) / 2).clamp(0, 1).cpu()
+
+
+def image_shape(pipe) -> tuple[int, int, int]:
+    """(C, H, W) of the images ``pipe`` samples (after the VAE for latent pipelines), without sampling."""
+    channels, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return channels, size, size
+    size *= 2 ** (len(vae.config.block_out_channels) - 1)
+    return vae.config.out_channels, size, size
 
 
 def _check_compatible(models) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from guardgen.data import ImageSet
 from guardgen.errors import GuardgenError
 from guardgen.registry import configure
 
-__all__ = ["Shards", "save_shards", "load_shards", "train_shard_models"]
+__all__ = ["Shards", "save_shards", "load_shards", "shard_config", "train_shard_models"]
 
 
 @dataclass
@@ -82,6 +82,19 @@ def load_shards(folder: str | Path) -> Shards:
     return shards
 
 
+def shard_config(config: dict, resolution: int | None = None):
+    """The zoo ``DDPMConfig`` the shard models train with, from ``config``: an unknown key or a bad value is a
+    one-line error, so a caller can check settings before loading anything. ``resolution``: the data's, once known
+    (a ``resolution`` setting may not contradict it)."""
+    from guardgen.zoo.ddpm import DDPMConfig
+
+    given = config.get("resolution")
+    if resolution is not None and given is not None and given != resolution:
+        raise GuardgenError(f"setting resolution={given!r}: the shards' images are {resolution}x{resolution}; drop it")
+    return configure(DDPMConfig, {"eval_samples_per_class": 0, **config,
+                                  **({"resolution": resolution} if resolution is not None else {})})
+
+
 def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | None = None, callback=None,
                        resume: bool = False, **config) -> dict:
     """Train ``full`` (all data) and ``shard-i`` models with the zoo's class-conditional DDPM loop.
@@ -91,7 +104,7 @@ def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | No
     ``resume``: models already finished in ``out`` with the same settings are kept, and an interrupted one
     continues from its ``training_state/`` (the zoo loop's exact resume).
     """
-    from guardgen.zoo.ddpm import DDPMConfig, build_ddpm
+    from guardgen.zoo.ddpm import build_ddpm
 
     names = ["full"] + [f"shard-{i}" for i in range(shards.plan.n_shards)]
     which = which or names
@@ -102,8 +115,7 @@ def train_shard_models(shards: Shards, out: str | Path, *, which: list[str] | No
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise GuardgenError(f"labels {int(labels.min())}..{int(labels.max())}: the zoo's class-conditional DDPM takes "
                             "classes 0..9; relabel the data")
-    resolution = shards.data.images.shape[-1]
-    cfg = configure(DDPMConfig, {"eval_samples_per_class": 0, **config, "resolution": resolution})
+    cfg = shard_config(config, shards.data.images.shape[-1])
     metrics = {}
     for name in which:
         data = shards.data if name == "full" else shards.shard(int(name.split("-")[1]))

@@ -15,11 +15,20 @@ from guardgen.copyright.sharding import nn_distance
 from guardgen.data import ImageSet, load_mnist, resize
 from guardgen.errors import GuardgenError
 
-__all__ = ["load_protected", "with_copies", "reproduction"]
+__all__ = ["load_protected", "check_labels", "with_copies", "reproduction"]
 
 
-def load_protected(specs: list[str], resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Protected works from specs -> images (P, 1, R, R) in [0, 1], labels (P,), names."""
+def _whole(text: str) -> bool:
+    """A plain non-negative whole number: ``"7"`` (not ``"-1"``, ``"+7"``, ``"1_0"`` or ``"²"``)."""
+    return text.isascii() and text.isdigit()
+
+
+def load_protected(specs: list[str], resolution: int = 16, num_classes: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Protected works from specs -> images (P, 1, R, R) in [0, 1], labels (P,), names.
+
+    ``num_classes``: where the data's classes are known already, a label outside 0..num_classes-1 is refused.
+    """
     from guardgen.data.folders import read_image
 
     if not specs:
@@ -28,15 +37,14 @@ def load_protected(specs: list[str], resolution: int = 16) -> tuple[torch.Tensor
     for spec in specs:
         if spec.startswith("mnist-test:"):
             test = test if test is not None else load_mnist("test", resolution)
-            try:
-                i = int(spec.split(":", 1)[1])
-                images.append(test.images[i])
-            except (ValueError, IndexError):
-                raise GuardgenError(f"{spec}: expected mnist-test:INDEX with INDEX in 0..{len(test) - 1}") from None
-            labels.append(int(test.labels[i]))
+            index = spec.split(":", 1)[1].strip()
+            if not _whole(index) or int(index) >= len(test):
+                raise GuardgenError(f"{spec}: expected mnist-test:INDEX with INDEX in 0..{len(test) - 1}")
+            images.append(test.images[int(index)])
+            labels.append(int(test.labels[int(index)]))
             continue
         path, sep, label = spec.rpartition("@")
-        if not sep or not label.strip().isdigit():
+        if not sep or not _whole(label.strip()):
             raise GuardgenError(f"{spec}: expected PATH@LABEL (an image file and its class id) or mnist-test:INDEX")
         if not Path(path).is_file():
             raise GuardgenError(f"{path}: no such image file")
@@ -46,7 +54,17 @@ def load_protected(specs: list[str], resolution: int = 16) -> tuple[torch.Tensor
             raise GuardgenError(f"{path}: unreadable image ({err.__class__.__name__})") from None
         images.append(resize(x[None], resolution)[0])
         labels.append(int(label))
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long), list(specs)
+    labels = torch.tensor(labels, dtype=torch.long)
+    if num_classes is not None:
+        check_labels(labels, specs, num_classes)
+    return torch.stack(images), labels, list(specs)
+
+
+def check_labels(labels: torch.Tensor, names: list[str], num_classes: int) -> None:
+    """Refuse a protected work whose label is not a class of the data (0..num_classes-1), naming its spec."""
+    for name, label in zip(names, labels.tolist()):
+        if not 0 <= label < num_classes:
+            raise GuardgenError(f"{name}: label {label} out of range; the data has classes 0..{num_classes - 1}")
 
 
 def with_copies(data: ImageSet, protected: torch.Tensor, labels: torch.Tensor, *, copies: int = 100,
@@ -69,6 +87,9 @@ def reproduction(samples: torch.Tensor, protected: torch.Tensor, delta: float, s
 
     Returns ``rate`` (fraction of samples), ``hits`` (count), ``per_work`` rates (P,), and the nearest ``distances`` (N,).
     """
+    if size is None and samples.shape[1:] != protected.shape[1:]:
+        raise GuardgenError(f"samples are {tuple(samples.shape[1:])}, the protected works {tuple(protected.shape[1:])}; "
+                            "compare images of one size (or pass size)")
     d, idx = nn_distance(samples, protected, size)
     hit = d < delta
     per_work = [float((hit & (idx == j)).float().sum() / max(len(samples), 1)) for j in range(len(protected))]

@@ -39,7 +39,7 @@ def test_bound_prints_hand_checkable_values():
 
 @pytest.mark.parametrize("args,message", [
     (["--k", -1, "--q-event", 0.1], "k=-1.0: out of range"),
-    (["--k", "inf", "--q-event", 0.1], "out of range"),
+    (["--k", "inf", "--q-event", 0.1], "--k inf: must be a finite number"),
     (["--tv", 1.0], "tv=1.0: out of range"),
     (["--k", 2, "--acceptance", 0], "acceptance=0.0: out of range"),
     (["--q-event", 0.1], "need --k"),
@@ -76,13 +76,19 @@ def test_shard_train_sample_end_to_end(tmp_path):
 
     assert_one_line_error(invoke("copyright", "sample", "--model", models / "full", "--safe", models / "shard-0",
                                  "--condition", 3, "--k", -2), "out of range")
+    other = _tiny_shards(tmp_path / "other", resolution=4)  # shards of another resolution: refused before sampling
+    assert_one_line_error(invoke("copyright", "sample", "--model", models / "full", "--safe", models / "shard-0",
+                                 "--condition", 3, "--k", 1, "--shards", other, "--out", tmp_path / "o"),
+                          "but the model samples (1, 8, 8)")
+    assert not (tmp_path / "o").exists()
 
 
 def _folders(tmp_path, a, b):
     from guardgen.data import write_image_set
 
-    write_image_set(a, tmp_path / "a", labels=torch.zeros(len(a), dtype=torch.long))
-    write_image_set(b, tmp_path / "b", labels=torch.zeros(len(b), dtype=torch.long))
+    digits = [str(c) for c in range(10)]  # classes 0..9, as the protected works' labels need
+    write_image_set(a, tmp_path / "a", labels=torch.zeros(len(a), dtype=torch.long), class_names=digits)
+    write_image_set(b, tmp_path / "b", labels=torch.zeros(len(b), dtype=torch.long), class_names=digits)
     return tmp_path / "a", tmp_path / "b"
 
 
@@ -118,3 +124,93 @@ def test_shard_refuses_a_protected_work_in_both_given_shards(tmp_path):
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     assert_one_line_error(invoke("copyright", *args, *([] if args[0] == "train" else ["--out", tmp_path / "s"])), message)
+
+
+def _tiny_shards(folder, resolution=8):
+    """A shards folder from two tiny given shards (classes 0 and 1 in each), made in well under a second."""
+    from guardgen.data import write_image_set
+    from guardgen.data.generated import to_pil
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(9, 1, resolution, resolution, generator=g).mul(255).round().div(255)
+    labels = torch.tensor([0, 1, 0, 1])
+    write_image_set(images[:4], folder / "a", labels=labels)
+    write_image_set(images[4:8], folder / "b", labels=labels)
+    to_pil(images[8]).save(folder / "work.png")
+    result = invoke("copyright", "shard", "--from-shard", folder / "a", "--from-shard", folder / "b", "--protected",
+                    f"{folder / 'work.png'}@1", "--resolution", resolution, "--out", folder / "shards")
+    assert result.exit_code == 0, result.output
+    return folder / "shards"
+
+
+@pytest.mark.parametrize("spec", ["mnist-test:-1", "mnist-test:1000", "mnist-test:1_0", "mnist-test:+3"])
+def test_shard_refuses_a_negative_or_out_of_range_test_index(tmp_path, spec):
+    result = invoke("copyright", "shard", "--protected", spec, "--out", tmp_path / "s")
+    assert_one_line_error(result, f"{spec}: expected mnist-test:INDEX with INDEX in 0..999")
+    assert not (tmp_path / "s").exists()
+
+
+def test_shard_refuses_a_label_outside_the_data_classes(tmp_path):
+    from guardgen.data import write_image_set
+    from guardgen.data.generated import to_pil
+
+    to_pil(torch.rand(1, 8, 8)).save(tmp_path / "work.png")
+    result = invoke("copyright", "shard", "--protected", f"{tmp_path / 'work.png'}@42", "--out", tmp_path / "s")
+    assert_one_line_error(result, "work.png@42: label 42 out of range; the data has classes 0..9")
+    result = invoke("copyright", "shard", "--protected", f"{tmp_path / 'work.png'}@²", "--out", tmp_path / "s")
+    assert_one_line_error(result, "expected PATH@LABEL")  # was a ValueError traceback
+    write_image_set(torch.rand(6, 1, 8, 8), tmp_path / "data", labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+    result = invoke("copyright", "shard", "--protected", f"{tmp_path / 'work.png'}@3", "--data", tmp_path / "data",
+                    "--resolution", 8, "--out", tmp_path / "s")
+    assert_one_line_error(result, "label 3 out of range; the data has classes 0..2")
+    assert not (tmp_path / "s").exists()
+
+
+def test_shard_refuses_given_shards_with_other_classes_or_other_options(tmp_path):
+    from guardgen.data import write_image_set
+
+    write_image_set(torch.rand(2, 1, 8, 8), tmp_path / "a", labels=torch.tensor([0, 1]))
+    write_image_set(torch.rand(2, 1, 8, 8), tmp_path / "b", labels=torch.tensor([0, 0]))
+    args = ["copyright", "shard", "--from-shard", tmp_path / "a", "--from-shard", tmp_path / "b", "--protected",
+            "mnist-test:3", "--resolution", 8, "--out", tmp_path / "s"]
+    assert_one_line_error(invoke(*args), "classes ['0'], but")
+    assert_one_line_error(invoke(*args, "--copies", 5), "does not go with --copies, --data or --shards")
+    assert_one_line_error(invoke(*args, "--shards", 3), "does not go with --copies, --data or --shards")
+
+
+def test_shard_refuses_a_negative_threshold(tmp_path):
+    result = invoke("copyright", "shard", "--protected", "mnist-test:3", "--threshold", -0.1, "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "--threshold" in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "steps=abc"], "setting steps='abc': expected a whole number"),
+    (["--set", "steps=abc", "--steps", 2], "setting steps='abc': expected a whole number"),
+    (["--set", "steps=3", "--steps", 2], "--steps 2 and --set steps=3 disagree"),
+    (["--set", "seed=3"], "--set seed=3: use --seed"),
+    (["--set", "device=cpu"], "--set device=cpu: use --device"),
+    (["--set", "mixed_precision=fp8"], "unknown mixed precision 'fp8'"),
+])
+def test_train_refuses_bad_sets_before_loading(tmp_path, args, message):
+    # no such shards folder: the settings are refused first
+    assert_one_line_error(invoke("copyright", "train", "--shards", tmp_path / "none", *args), message)
+
+
+def test_train_refuses_a_resolution_the_shards_do_not_have(tmp_path):
+    shards = _tiny_shards(tmp_path)
+    result = invoke("copyright", "train", "--shards", shards, "--set", "resolution=16", "--out", tmp_path / "m")
+    assert_one_line_error(result, "setting resolution=16: the shards' images are 8x8")
+    assert not (tmp_path / "m" / "full").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shards", "no-such-folder"], "no-such-folder: not a shards folder"),
+    (["--quantile", 1], "--quantile 1.0: out of range"),
+    (["--quantile", 0], "--quantile 0.0: out of range"),
+    (["--k", 1, "--clean", 2], "give --clean or --k, not both"),
+])
+def test_sample_refuses_bad_input_before_loading_models(tmp_path, args, message):
+    # no such models: the cheap checks come first
+    result = invoke("copyright", "sample", "--model", tmp_path / "p", "--safe", tmp_path / "q", "--condition", 3, *args,
+                    "--out", tmp_path / "o")
+    assert_one_line_error(result, message)

@@ -116,3 +116,11 @@ def test_an_interrupted_shard_training_resumes(tmp_path):
         assert all(torch.allclose(ref[k], run[k], atol=1e-6) for k in ref)
     with pytest.raises(GuardgenError, match="used other settings \\(steps\\)"):
         train_shard_models(shards, tmp_path / "run", resume=True, **{**kw, "steps": 8})
+
+
+def test_reproduction_refuses_images_of_another_size():
+    from guardgen.copyright import reproduction
+
+    with pytest.raises(GuardgenError, match=r"samples are \(1, 8, 8\), the protected works \(1, 12, 12\)"):
+        reproduction(torch.rand(3, 1, 8, 8), torch.rand(2, 1, 12, 12), delta=0.1)
+    assert reproduction(torch.rand(3, 1, 8, 8), torch.rand(2, 1, 12, 12), delta=0.1, size=4)["hits"] >= 0
