@@ -172,6 +172,9 @@ class Detector:
         """
         self._validate_params()
         real, fake = _as_images(real, "real"), _as_images(fake, "fake")
+        if real.shape[1] != fake.shape[1]:
+            raise GuardgenError(f"real images have {real.shape[1]} channel(s), fake images {fake.shape[1]}; give both in "
+                                "one colour format (all gray or all RGB), or the detector learns the format")
         if real.shape[1:] != fake.shape[1:]:
             raise GuardgenError(f"real images {tuple(real.shape[1:])} and fake images {tuple(fake.shape[1:])} differ in shape; "
                                 "load both at one resolution")
@@ -443,6 +446,9 @@ def _resume_from(folder: Path, **kw) -> tuple[int, dict]:
         return load_training_state(folder, **kw)
     except GuardgenError:  # other settings, named by load_training_state
         raise
+    except (AttributeError, TypeError) as err:  # state.json is valid JSON of another shape (a list, a string)
+        raise GuardgenError(f"{folder}: a damaged training state ({err.__class__.__name__}: {err}); start again "
+                            "without --resume") from None
     except (RuntimeError, KeyError, ValueError) as err:
         first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
         raise GuardgenError(f"{folder}: the saved training state does not fit this detector's settings ({first}); "

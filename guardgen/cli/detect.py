@@ -59,6 +59,7 @@ def _sample(kind: str, model, n: int, *, steps: int, seed: int):
 def load_source(spec: str, role: str, *, n: int, resolution: int, steps: int, seed: int, split: str = "train") -> dict:
     """``{name: images (N, C, H, W) in [0, 1]}`` for a spec; ``role`` is "real" or "fake" (picks a binary folder's half)."""
     from guardgen.data import load_image_folder, load_mnist
+    from guardgen.data.folders import IMAGE_SUFFIXES
     from guardgen.errors import GuardgenError
 
     if spec.startswith("mnist") and not Path(spec).exists():
@@ -77,7 +78,26 @@ def load_source(spec: str, role: str, *, n: int, resolution: int, steps: int, se
     if bad:
         err_console.print(f"[yellow]note[/]: {spec}: {len(bad)} unreadable image(s) skipped (first: {bad[0][0]}: {bad[0][1]}); "
                           f"{len(report.skipped) - len(bad)} other file(s) ignored")
+    stray = [p for p, why in report.skipped if why.startswith(("not in a", "not under"))
+             and Path(p).suffix.lower() in IMAGE_SUFFIXES]
+    if stray:  # images the layout has no place for: say so, they are not read
+        where = "directly in the folder (beside its subfolders)" if data.class_names != ["real", "fake"] else \
+            "outside its real/fake folders"
+        err_console.print(f"[yellow]note[/]: {spec}: {len(stray)} image(s) {where} are not read (first: {stray[0]}); "
+                          "move them into a subfolder")
     names = data.class_names
+    if role == "real" and names != ["real", "fake"] and len(names) > 1:
+        real_dirs = [n for n in names if n.lower() in ("real", "0_real")]
+        if real_dirs:  # almost a real/fake layout: the other folders would be read as real images
+            others = [n for n in names if n not in real_dirs]
+            fake_dirs = [n for n in others if n.lower() in ("fake", "1_fake")]
+            extra = [n for n in others if n not in fake_dirs]
+            if fake_dirs:
+                raise GuardgenError(f"{spec}: folder(s) {', '.join(extra)} beside {real_dirs[0]} and {fake_dirs[0]}; a "
+                                    "real/fake layout holds only those two: move the others out, or pass "
+                                    f"{Path(spec) / real_dirs[0]} itself")
+            raise GuardgenError(f"{spec}: a {real_dirs[0]} folder beside {', '.join(others)} and no 1_fake folder; for a "
+                                "real/fake layout name the fake folder 1_fake (or fake), or pass the real folder itself")
     if names == ["real", "fake"]:  # a binary layout: take this role's half
         images = data.images[data.labels == (0 if role == "real" else 1)]
         if not len(images):
@@ -103,6 +123,13 @@ def _load_many(specs: list[str], role: str, **kw) -> dict:
         for name, images in load_source(spec, role, **{**kw, "seed": kw["seed"] + 101 * i}).items():
             out[name if name not in out else f"{name}#{i}"] = images
     return out
+
+
+def _to_channels(x, channels: int):
+    """(N, C, H, W) images as gray (1) or RGB (3), as the detector's preprocessing converts them."""
+    if x.shape[1] == channels or {x.shape[1], channels} != {1, 3}:
+        return x
+    return x.expand(-1, 3, -1, -1) if channels == 3 else 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _split(images, fraction: float, seed: int):
@@ -165,8 +192,11 @@ def train(
     from guardgen.errors import GuardgenError
     from guardgen.utils import model_device
 
+    from guardgen.data.folders import check_out_outside
+
     if not 0 < val_fraction < 1:
         raise GuardgenError("--val-fraction must lie strictly between 0 and 1")
+    check_out_outside(out, real=real, fake=fake)
     if not omat and (generator or latent_generator):
         raise GuardgenError("--generator and --latent-generator choose what OMAT attacks; add --omat, or drop them")
     params = dict(backbone=backbone, mode=mode, pretrained_file=pretrained_file, input_size=input_size, resize=resize,
@@ -196,6 +226,11 @@ def train(
     kw = {"n": n, "resolution": resolution, "steps": sample_steps, "seed": seed}
     reals = _load_many([real], "real", **kw)
     fakes = _load_many(fake, "fake", **kw)
+    channels = next(iter(reals.values())).shape[1]
+    for name, images in fakes.items():  # a detector would learn the colour format, not the generator
+        if images.shape[1] != channels:
+            raise GuardgenError(f"the real images have {channels} channel(s), the fakes of {name} "
+                                f"{images.shape[1]}; give real and fake images in one colour format (all gray or all RGB)")
     real_x = torch.cat(list(reals.values()))
     fake_x = torch.cat(list(fakes.values()))
     real_tr, real_val = _split(real_x, val_fraction, seed)
@@ -207,6 +242,8 @@ def train(
     state = out / "training_state"  # the interrupted run's state; the finished detector replaces the folder
     if not resume and state.exists():
         shutil.rmtree(state)
+    if resume and not state.is_dir():
+        err_console.print(f"[yellow]note[/]: nothing to resume in {out} (no training_state/); training from the start")
     if resume and (state / "base" / "state.json").is_file():  # the base detector of an OMAT run had finished
         det.load_state(state / "base", real_tr)
         console.print("resuming: the base detector had finished")
@@ -262,13 +299,20 @@ def eval_(
     from detectors.detector import Detector
     from detectors.evaluate import evaluate_generators, format_control, robustness_grid
     from guardgen.checkpoint import save_json
+    from guardgen.errors import GuardgenError
 
+    from guardgen.data.folders import check_out_outside
+
+    check_out_outside(out, real=real, heldout_real=heldout_real, fake=fake)
     det = Detector.from_pretrained(detector)
     kw = {"n": n, "resolution": resolution, "steps": sample_steps, "seed": seed}
     real_x = torch.cat(list(_load_many([real], "real", **kw).values()))
     if heldout_real:
         held = torch.cat(list(_load_many([heldout_real], "real", **kw).values()))
         test_real = real_x
+    elif len(real_x) < 2:
+        raise GuardgenError(f"--real {real}: {len(real_x)} image; half the reals fix the threshold and half are tested, "
+                            "so pass at least 2 (or --heldout-real)")
     else:
         test_real, held = _split(real_x, 0.5, seed)
     fakes = _load_many(fake, "fake", **kw)
@@ -284,8 +328,9 @@ def eval_(
                                 f"from {len(held)} held-out reals)", rows))
     console.print(f"mean AUROC {res['mean_auroc']:.4f}; realised FPR on test reals {res['fpr_realised']:.4f}")
     results = {k: v for k, v in res.items() if k != "scores"}
-    if robustness:
-        all_fake = torch.cat(list(fakes.values()))
+    if robustness:  # fakes of several sources in one batch: in the detector's colour format (as it reads them)
+        all_fake = torch.cat([_to_channels(x, det.in_chans) for x in fakes.values()])
+        test_real = _to_channels(test_real, det.in_chans)
         results["robustness"] = robustness_grid(det, test_real, all_fake, seed=seed)
         results["format_control"] = format_control(det, test_real, all_fake)
         console.print(results_table("robustness (same perturbation on reals and fakes)", results["robustness"]))
@@ -306,7 +351,7 @@ def score(
     import torch
 
     from detectors.detector import Detector
-    from guardgen.data.folders import IMAGE_SUFFIXES, read_image
+    from guardgen.data.folders import IMAGE_SUFFIXES, _reason, read_image
     from guardgen.data.shipped import resize
     from guardgen.errors import GuardgenError
 
@@ -319,22 +364,26 @@ def score(
             files.append(p)
         else:
             raise GuardgenError(f"{p}: no such file or folder")
-    tensors, names, skipped, notes = [], [], [], set()
+    tensors, names, skipped, notes, other = [], [], [], set(), []
     for f in files:
         if f.suffix.lower() not in IMAGE_SUFFIXES:
-            continue  # manifests, notes: not images
+            other.append(f)  # manifests, notes: not images
+            continue
         try:
             x = read_image(f, det.in_chans)
-        except Exception:  # noqa: BLE001 - a bad file is skipped and counted
-            skipped.append(f)
+        except Exception as err:  # noqa: BLE001 - a bad file is skipped and counted
+            skipped.append((f, _reason(f, err)))
             continue
         notes.update(det.check_input(x[None]))
         tensors.append(resize(x[None], det.input_size)[0] if x.shape[-1] != det.input_size or x.shape[-2] != det.input_size else x)
         names.append(str(f))
+    if not tensors:  # why, in the one error line
+        why = [f"{len(skipped)} unreadable (first: {skipped[0][0]}: {skipped[0][1]})"] if skipped else []
+        why += [f"{len(other)} without an image suffix (first: {other[0]}; images are "
+                f"{', '.join(IMAGE_SUFFIXES)})"] if other else []
+        raise GuardgenError(f"no readable images among {len(files)} file(s): {'; '.join(why) or 'the folders are empty'}")
     if skipped:
-        err_console.print(f"[yellow]note[/]: {len(skipped)} unreadable image(s) skipped (first: {skipped[0]})")
-    if not tensors:
-        raise GuardgenError(f"no readable images among {len(files)} file(s)")
+        err_console.print(f"[yellow]note[/]: {len(skipped)} unreadable image(s) skipped (first: {skipped[0][0]}: {skipped[0][1]})")
     for note in sorted(notes):
         err_console.print(f"[yellow]note[/]: {note}")
     p = det.predict_proba(torch.stack(tensors))

@@ -23,7 +23,7 @@ import torch
 from guardgen.data.shipped import ImageSet, resize
 from guardgen.errors import GuardgenError
 
-__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "load_image_folder", "ImageFolderDataset", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "MixedSizes", "check_out_outside", "load_image_folder", "ImageFolderDataset", "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUTS = ("auto", "binary", "per_source", "flat")
@@ -33,10 +33,21 @@ _GRAY_MODES = ("1", "L", "LA", "La", "F")
 
 @dataclass(kw_only=True)
 class LoadReport:
-    """What a folder load did: ``loaded`` images, and ``skipped`` files as ``(path, reason)``."""
+    """What a folder load did: ``loaded`` images (``files``: their paths, in the order of the images), and
+    ``skipped`` files as ``(path, reason)``."""
 
     loaded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+class MixedSizes(GuardgenError):
+    """A folder's images differ in size and no resolution was given; ``path`` has ``size`` (H, W), the first
+    image ``first`` (H, W). A caller may catch it to name its own option (``--resolution``)."""
+
+    def __init__(self, path, size: tuple, first: tuple, hint: str = "pass a resolution to resize all images"):
+        self.path, self.size, self.first = str(path), tuple(size), tuple(first)
+        super().__init__(f"{path}: size {self.size} differs from {self.first} (the first image's); {hint}")
 
 
 def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
@@ -81,14 +92,14 @@ def load_image_folder(root: str | Path, *, resolution: int | None = None, channe
         channels = channels or x.shape[0]
         if resolution is not None:
             x = resize(x.unsqueeze(0), resolution)[0]
-        elif images and x.shape != images[0].shape:
-            raise GuardgenError(f"{path}: size {tuple(x.shape[1:])} differs from {tuple(images[0].shape[1:])}; "
-                                "pass a resolution to resize all images")
+        elif images and x.shape[1:] != images[0].shape[1:]:
+            raise MixedSizes(path, x.shape[1:], images[0].shape[1:])
         images.append(x)
         labels.append(label)
+        report.files.append(str(path))
     report.loaded = len(images)
     if not images:
-        raise GuardgenError(f"{root}: no readable images ({layout} layout, {len(report.skipped)} files skipped)")
+        raise GuardgenError(_nothing_read(root, layout, report))
     name = root.resolve().name
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names, name), report
 
@@ -120,15 +131,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             if channels is None:
                 channels = 1 if mode.startswith("I") or mode in _GRAY_MODES else 3
             if resolution is None and size is not None and this_size != size:
-                raise GuardgenError(f"{path}: size {this_size} differs from {size}; "
-                                    "pass a resolution to resize all images")
+                raise MixedSizes(path, this_size[::-1], size[::-1])
             size = this_size
             self.items.append((path, label))
+            self.report.files.append(str(path))
         self.channels = channels
         self.report.loaded = len(self.items)
         if not self.items:
-            raise GuardgenError(f"{root}: no readable images "
-                                f"({self.layout} layout, {len(self.report.skipped)} files skipped)")
+            raise GuardgenError(_nothing_read(Path(root), self.layout, self.report))
 
     @property
     def labels(self) -> torch.Tensor:
@@ -150,6 +160,21 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return x, label
 
 
+def check_out_outside(out, **inputs) -> None:
+    """Refuse an output folder inside (or equal to) an input image folder: the next read of that folder would take
+    the run's files (adversarial images, a saved model) as data. ``inputs``: option name -> folder (or a spec)."""
+    if out is None:
+        return
+    target = Path(out).absolute().resolve()
+    for option, folder in inputs.items():
+        for f in ([folder] if isinstance(folder, (str, Path)) else list(folder or [])):
+            if f and Path(f).is_dir():
+                src = Path(f).absolute().resolve()
+                if target == src or src in target.parents:
+                    raise GuardgenError(f"--out {out} lies inside --{option.replace('_', '-')} {f}: a later read of "
+                                        f"{f} would find the run's files among its images; write --out elsewhere")
+
+
 def _check_args(resolution, channels, layout) -> None:
     if layout not in LAYOUTS:
         raise GuardgenError(f"unknown folder layout {layout!r}; use one of {', '.join(LAYOUTS)}")
@@ -157,6 +182,20 @@ def _check_args(resolution, channels, layout) -> None:
         raise GuardgenError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
     if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
         raise GuardgenError(f"resolution must be a positive integer, got {resolution!r}")
+
+
+def _nothing_read(root: Path, layout: str, report: LoadReport) -> str:
+    """Why a folder gave no image, in one line: the layout, the files skipped, and subfolders a flat read passes over."""
+    message = f"{root}: no readable images ({layout} layout, {len(report.skipped)} files skipped)"
+    if layout == "flat":
+        subdirs = _subdirs(root)
+        if subdirs:
+            names = ", ".join(d.name for d in subdirs[:3]) + (", ..." if len(subdirs) > 3 else "")
+            message += (f"; the flat layout reads only the files directly in it, and it has {len(subdirs)} "
+                        f"subfolder(s) ({names}): pass one of them, or use a layout with subfolders")
+    elif layout == "per_source" and not _subdirs(root):
+        message += "; it has no subfolder, and this layout takes one subfolder of images per source"
+    return message
 
 
 def _reason(path: Path, err: Exception) -> str:

@@ -150,3 +150,86 @@ def test_an_interrupted_omat_run_resumes_with_resume(folders, tiny_class_pipelin
     assert not (folders / "run" / "training_state").exists()
     ref, run = load_safetensors(folders / "ref" / "model.safetensors"), load_safetensors(folders / "run" / "model.safetensors")
     assert all(torch.allclose(ref[k], run[k], atol=1e-6) for k in ref)
+
+
+def _det(folders, name="det"):
+    """A tiny detector trained on the 8x8 gray folders."""
+    data = folders / "data"
+    result = invoke("detect", "train", "--real", data, "--fake", data, "--resolution", 8, "--out", folders / name,
+                    *TINY[:-4], "--epochs", 1, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return folders / name
+
+
+def test_an_almost_binary_folder_is_not_read_as_reals(folders):
+    """`0_real` beside `1_fakes` (a typo), or beside another folder: its fakes were read as real images."""
+    g = torch.Generator().manual_seed(1)
+    write_image_set(torch.rand(8, 1, 8, 8, generator=g), folders / "typo" / "0_real")
+    write_image_set(torch.rand(8, 1, 8, 8, generator=g), folders / "typo" / "1_fakes")
+    result = invoke("detect", "train", "--real", folders / "typo", "--fake", folders / "typo", "--resolution", 8,
+                    "--out", folders / "d", *TINY)
+    assert result.exit_code == 2 and "no 1_fake folder" in text(result) and "Traceback" not in result.output
+    write_image_set(torch.rand(8, 1, 8, 8, generator=g), folders / "data" / "extra")  # 0_real, 1_fake and extra
+    result = invoke("detect", "train", "--real", folders / "data", "--fake", folders / "data", "--resolution", 8,
+                    "--out", folders / "d", *TINY)
+    assert result.exit_code == 2 and "folder(s) extra beside 0_real and 1_fake" in text(result)
+
+
+def test_gray_reals_and_rgb_fakes_are_refused_in_one_line(folders):
+    write_image_set(torch.rand(8, 3, 8, 8), folders / "rgb")
+    result = invoke("detect", "train", "--real", folders / "data", "--fake", folders / "rgb", "--resolution", 8,
+                    "--out", folders / "d", *TINY)
+    assert result.exit_code == 2 and "1 channel(s), the fakes of rgb 3" in text(result)
+    assert "training a" not in text(result) and "Traceback" not in result.output
+
+
+def test_out_inside_an_input_folder_is_refused(folders):
+    result = invoke("detect", "train", "--real", folders / "data", "--fake", folders / "gens", "--resolution", 8,
+                    "--out", folders / "gens" / "det", *TINY)
+    assert result.exit_code == 2 and "lies inside --fake" in text(result)
+    assert not (folders / "gens" / "det").exists()
+
+
+def test_stray_images_are_named_and_resume_without_state_says_so(folders):
+    from PIL import Image
+
+    for i in range(3):  # images beside the generator folders
+        Image.new("L", (8, 8), 40 * i).save(folders / "gens" / f"loose{i}.png")
+    result = invoke("detect", "train", "--real", folders / "data", "--fake", folders / "gens", "--resolution", 8,
+                    "--out", folders / "d", *TINY, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "3 image(s) directly in the folder (beside its subfolders) are not read" in text(result)
+    assert "nothing to resume" in text(result)
+
+
+def test_a_damaged_training_state_is_one_line(folders):
+    state = folders / "d" / "training_state" / "detector"
+    state.mkdir(parents=True)
+    (folders / "d" / ".guardgen").touch()
+    (state / "state.json").write_text("[1]")
+    result = invoke("detect", "train", "--real", folders / "data", "--fake", folders / "data", "--resolution", 8,
+                    "--out", folders / "d", *TINY, "--resume")
+    assert result.exit_code == 2 and "a damaged training state" in text(result) and "Traceback" not in result.output
+
+
+def test_score_says_why_no_file_was_read(folders):
+    det = _det(folders)
+    (folders / "anim.gif").write_bytes(b"GIF89a")
+    (folders / "zero.png").write_bytes(b"")
+    result = invoke("detect", "score", folders / "anim.gif", "--detector", det)
+    assert result.exit_code == 2 and "without an image suffix" in text(result)
+    result = invoke("detect", "score", folders / "zero.png", "--detector", det)
+    assert result.exit_code == 2 and "zero.png: empty file" in text(result)
+    assert len(result.output.strip().splitlines()) == 1  # the error alone, no note above it
+
+
+def test_eval_needs_two_reals_and_takes_fakes_of_both_colour_formats(folders):
+    det = _det(folders)
+    write_image_set(torch.rand(1, 1, 8, 8), folders / "one")
+    write_image_set(torch.rand(6, 3, 8, 8), folders / "gens" / "gan_rgb")
+    result = invoke("detect", "eval", "--detector", det, "--real", folders / "one", "--fake", folders / "gens",
+                    "--resolution", 8, "--n-boot", 5)
+    assert result.exit_code == 2 and "at least 2" in text(result)
+    result = invoke("detect", "eval", "--detector", det, "--real", folders / "data", "--fake", folders / "gens",
+                    "--resolution", 8, "--n-boot", 5, "--robustness")
+    assert result.exit_code == 0, result.output

@@ -188,3 +188,38 @@ def test_lazy_dataset_errors(tmp_path):
     (tmp_path / "b.png").write_bytes(b"gone bad after listing")
     with pytest.raises(GuardgenError, match="b.png"):
         ds[1]
+
+
+def test_report_lists_the_files_read_and_mixed_sizes_are_named(tmp_path):
+    from guardgen.data.folders import MixedSizes
+
+    _img(tmp_path / "a.png", 40, size=8)
+    (tmp_path / "b.png").write_bytes(b"")
+    _img(tmp_path / "c.png", 90, size=(16, 12))
+    with pytest.raises(MixedSizes) as info:  # a GuardgenError its callers can rephrase with their own option
+        load_image_folder(tmp_path)
+    assert info.value.size == (12, 16) and info.value.first == (8, 8) and info.value.path.endswith("c.png")
+    _, report = load_image_folder(tmp_path, resolution=4)
+    assert report.files == [str(tmp_path / "a.png"), str(tmp_path / "c.png")]  # the empty b.png is left out
+    assert ImageFolderDataset(tmp_path, resolution=4).report.files == report.files
+
+
+def test_a_flat_read_of_a_folder_of_subfolders_says_where_the_images_are(tmp_path):
+    _img(tmp_path / "gan_a" / "0.png", 10)
+    _img(tmp_path / "gan_b" / "0.png", 20)
+    with pytest.raises(GuardgenError, match=r"2 subfolder\(s\) \(gan_a, gan_b\)"):
+        load_image_folder(tmp_path, layout="flat")
+    with pytest.raises(GuardgenError, match="has no subfolder"):
+        load_image_folder(tmp_path / "gan_a", layout="per_source")
+
+
+def test_out_inside_an_input_folder_is_refused(tmp_path):
+    from guardgen.data.folders import check_out_outside
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(GuardgenError, match="lies inside --fake"):
+        check_out_outside(tmp_path / "data" / "run", real="mnist", fake=[str(tmp_path / "data")])
+    with pytest.raises(GuardgenError, match="lies inside --data"):
+        check_out_outside(tmp_path / "data", data=tmp_path / "data")
+    check_out_outside(tmp_path / "run", data=tmp_path / "data", real="mnist")  # beside it: fine
+    check_out_outside(None, data=tmp_path / "data")
