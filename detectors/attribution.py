@@ -589,40 +589,49 @@ class OpenWorldAttribution:
         for name in ("model", "ood"):
             if name not in weights:
                 raise GuardgenError(f"{folder}: no {name}.safetensors beside config.json")
-        known = set(cls.__dataclass_fields__)
-        self = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config["detector"].items()
-                      if k in known and not k.endswith("_")})
-        self.class_names_, self.num_seen_ = list(config["class_names"]), int(config["num_seen"])
-        self.image_shape_, self.round_ = tuple(config["image_shape"]), int(config.get("round", 0))
-        self.network_ = AttributionNet(**config["network"])
-        try:
-            self.network_.load_state_dict(weights["model"])
-        except RuntimeError as err:
-            raise GuardgenError(f"{folder}/model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
-        self.network_.to(device).eval()
-        ood = weights["ood"]
-        self.wta_ = WTAHash(self.embed_dim, perms=ood["perms"])
-        self.mean_codes_, self.wta_threshold_ = ood["mean_codes"], ood["wta_threshold"]
-        self.msp_threshold_, self.energy_threshold_ = ood["msp_threshold"], ood["energy_threshold"]
-        if "knn_refs" not in ood:
-            raise GuardgenError(f"{folder}/ood.safetensors has no knn references; it was saved by an older guardgen, "
-                                "retrain it with `guardgen attribute fit`")
-        self.knn_refs_, self.knn_labels_ = ood["knn_refs"], ood["knn_labels"].long()
-        self.knn_threshold_ = ood["knn_threshold"]
-        self.novelty_ = self._pu().load_state_dict(weights["novelty"]) if "novelty" in weights else None
-        self.feat_mean_, self.feat_std_, self.centroids_ = ood["feat_mean"], ood["feat_std"], ood["centroids"]
-        data = weights.get("data")
-        shape = self.image_shape_
-        if data is not None:
-            f = lambda x: x.float() / 255  # noqa: E731
-            self.train_images_, self.train_labels_ = f(data["train_images"]), data["train_labels"].long()
-            self.calib_images_, self.calib_labels_ = f(data["calib_images"]), data["calib_labels"].long()
-            self.pool_, self.pool_labels_ = f(data["pool_images"]).reshape(-1, *shape), data["pool_labels"].long()
-        else:
-            empty = torch.empty(0, *shape)
-            self.train_images_ = self.calib_images_ = self.pool_ = empty
-            self.train_labels_ = self.calib_labels_ = self.pool_labels_ = torch.empty(0, dtype=torch.long)
-        self.history_ = list(config.get("history", []))
+        try:  # a hand-edited or damaged folder: one line, not a traceback from deep inside
+            known = set(cls.__dataclass_fields__)
+            self = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config["detector"].items()
+                          if k in known and not k.endswith("_")})
+            self.class_names_, self.num_seen_ = list(config["class_names"]), int(config["num_seen"])
+            self.image_shape_, self.round_ = tuple(config["image_shape"]), int(config.get("round", 0))
+            self.network_ = AttributionNet(**config["network"])
+            try:
+                self.network_.load_state_dict(weights["model"])
+            except RuntimeError as err:
+                raise GuardgenError(f"{folder}/model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
+            self.network_.to(device).eval()
+            ood = weights["ood"]
+            self.wta_ = WTAHash(self.embed_dim, perms=ood["perms"])
+            self.mean_codes_, self.wta_threshold_ = ood["mean_codes"], ood["wta_threshold"]
+            self.msp_threshold_, self.energy_threshold_ = ood["msp_threshold"], ood["energy_threshold"]
+            if "knn_refs" not in ood:
+                raise GuardgenError(f"{folder}/ood.safetensors has no knn references; it was saved by an older guardgen, "
+                                    "retrain it with `guardgen attribute fit`")
+            self.knn_refs_, self.knn_labels_ = ood["knn_refs"], ood["knn_labels"].long()
+            self.knn_threshold_ = ood["knn_threshold"]
+            self.novelty_ = self._pu().load_state_dict(weights["novelty"]) if "novelty" in weights else None
+            self.feat_mean_, self.feat_std_, self.centroids_ = ood["feat_mean"], ood["feat_std"], ood["centroids"]
+            data = weights.get("data")
+            shape = self.image_shape_
+            if data is not None:
+                f = lambda x: x.float() / 255  # noqa: E731
+                self.train_images_, self.train_labels_ = f(data["train_images"]), data["train_labels"].long()
+                self.calib_images_, self.calib_labels_ = f(data["calib_images"]), data["calib_labels"].long()
+                self.pool_, self.pool_labels_ = f(data["pool_images"]).reshape(-1, *shape), data["pool_labels"].long()
+            else:
+                empty = torch.empty(0, *shape)
+                self.train_images_ = self.calib_images_ = self.pool_ = empty
+                self.train_labels_ = self.calib_labels_ = self.pool_labels_ = torch.empty(0, dtype=torch.long)
+            check_settings(self)
+            self._check_settings()
+            self.history_ = list(config.get("history", []))
+        except GuardgenError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as err:
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise GuardgenError(f"{folder}: a damaged attribution model ({type(err).__name__}: {first}); "
+                                "retrain it with `guardgen attribute fit`") from None
         return self
 
 

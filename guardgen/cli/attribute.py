@@ -69,10 +69,21 @@ def _load_sources(data: Path | None, sources: list[str], per_source: int, seed: 
         names.append(name)
     if not images:
         raise GuardgenError("no images: pass --data DIR (one subfolder per source) or --source NAME=SPEC")
+    channels = {int(x.shape[1]) for x in images}
+    if len(channels) > 1:  # resizing does not help here; the colour format would tell the sources apart
+        per = ", ".join(f"{n} {x.shape[1]}" for n, x in _named(images, labels, names))
+        raise GuardgenError(f"sources differ in colour channels ({per}); give sources in one format (all gray or all RGB)")
     shapes = {tuple(x.shape[1:]) for x in images}
     if len(shapes) > 1:
         raise GuardgenError(f"sources have different image shapes {sorted(shapes)}; pass --resolution to resize them")
     return torch.cat(images), torch.cat(labels), names
+
+
+def _named(images: list, labels: list, names: list[str]):
+    """(source name, images) per loaded block: a --data folder's block holds several sources, named together."""
+    for x, y in zip(images, labels):
+        ids = sorted(set(y.tolist()))
+        yield "/".join(names[i] for i in ids) if len(ids) > 1 else names[ids[0]], x
 
 
 def _progress(title: str):
@@ -97,8 +108,14 @@ def fit(
     from guardgen.data import load_image_folder
     from guardgen.errors import GuardgenError
 
+    from guardgen.data.folders import check_out_outside
+
+    check_out_outside(out, data=data, unlabeled=unlabeled, source=[i.split("=", 1)[-1].strip() for i in source])
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     model = configure(OpenWorldAttribution, params)
+    folders = 0 if data is None or not data.is_dir() else sum(1 for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if folders + len(source) == 1:  # known before any source is read or sampled
+        raise GuardgenError("attribution needs at least 2 sources; add --source NAME=SPEC entries or subfolders of --data")
     images, labels, names = _load_sources(data, source, per_source, seed, "train", resolution)
     pool = None if unlabeled is None else load_image_folder(unlabeled, resolution=resolution)[0].images  # read before training
     if pool is not None and pool.shape[1:] != images.shape[1:]:
@@ -172,17 +189,23 @@ def predict(
 
     from guardgen.errors import GuardgenError
 
+    from guardgen.data.folders import check_out_outside
+
     if images_dir is not None and (data is not None or source):
         raise GuardgenError("--images attributes a folder of unknown source; give it alone, without --data or --source")
+    check_out_outside(out, data=data, images=images_dir, source=[i.split("=", 1)[-1].strip() for i in source])
     model = OpenWorldAttribution.from_pretrained(model_dir)
+    files = None
     if images_dir is not None:
-        folder = load_image_folder(images_dir, layout="flat", resolution=resolution)[0]
-        images, labels, names = folder.images, None, None
+        folder, report = load_image_folder(images_dir, layout="flat", resolution=resolution)
+        images, labels, names, files = folder.images, None, None, report.files
     else:
         images, labels, names = _load_sources(data, source, per_source, seed + 2_000, "test", resolution)
     pred = model.predict(images)
     pred_names = [model.class_names_[i] if i >= 0 else "unknown" for i in pred.tolist()]
     result = {"model": str(model_dir), "classes": model.class_names_, "predictions": pred_names}
+    if files is not None:  # which file each prediction is about (unreadable files are left out)
+        result["images"] = files
     rows = []
     if labels is not None:
         result["true"] = [names[i] for i in labels.tolist()]

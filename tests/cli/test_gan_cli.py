@@ -163,3 +163,61 @@ def test_attribute_bad_unlabeled_and_images_are_refused_before_training(tmp_path
     result = runner.invoke(app, ["attribute", "predict", str(tmp_path / "m"), "--images", str(seen / "a"),
                                  "--source", "a=mnist"])
     assert result.exit_code == 2 and "give it alone" in " ".join(result.output.split())
+
+
+TINY_ATTR = ["--device", "cpu", "--set", "epochs=1", "--set", "width=4", "--set", "embed_dim=8",
+             "--set", "wta_permutations=64", "--set", "n_clusters=2"]
+
+
+def _flat(folder, images):
+    """PNGs directly in ``folder`` (write_image_set puts them in a subfolder)."""
+    from guardgen.data.generated import to_pil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(images):
+        to_pil(x).save(folder / f"img {i:03d}.png")
+    return folder
+
+
+def test_attribute_sources_in_two_colour_formats_or_one_source_are_refused_up_front(tmp_path, make_sources, monkeypatch):
+    x, y = make_sources(10, seed=0)
+    _flat(tmp_path / "rgb", x[y == 1].expand(-1, 3, -1, -1))
+    _flat(tmp_path / "gray", x[y == 0])
+    result = runner.invoke(app, ["attribute", "fit", "--source", f"g={tmp_path / 'gray'}", "--source",
+                                 f"c={tmp_path / 'rgb'}", "--out", str(tmp_path / "m"), *TINY_ATTR])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "differ in colour channels (g 1, c 3)" in out and "--resolution" not in out
+    result = runner.invoke(app, ["attribute", "fit", "--data", str(tmp_path / "gray"), "--out", str(tmp_path / "m"),
+                                 *TINY_ATTR])  # images, no source subfolders
+    assert result.exit_code == 2 and "takes one subfolder of images per source" in " ".join(result.output.split())
+    import guardgen.models.gan as gan
+
+    monkeypatch.setattr(gan, "sample_gan", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
+    result = runner.invoke(app, ["attribute", "fit", "--source", "a=zoo:mnist-gan", "--out", str(tmp_path / "m"),
+                                 *TINY_ATTR])
+    assert result.exit_code == 2 and "at least 2 sources" in result.output, result.output
+
+
+def test_attribute_predict_names_the_files_and_a_damaged_model_is_one_line(tmp_path, make_sources):
+    seen = _write_sources(make_sources, tmp_path / "seen", 20, 0, ["a", "b"])
+    model = tmp_path / "m"
+    result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--out", str(model), *TINY_ATTR])
+    assert result.exit_code == 0, result.output
+    x, _ = make_sources(2, seed=3)
+    images = _flat(tmp_path / "new", x[:3])
+    result = runner.invoke(app, ["attribute", "predict", str(model), "--images", str(images), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    preds = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert preds["images"] == [str(images / f"img {i:03d}.png") for i in range(3)] and len(preds["predictions"]) == 3
+    # a folder whose images are in subfolders: the flat read says where they are
+    result = runner.invoke(app, ["attribute", "predict", str(model), "--images", str(seen), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "2 subfolder(s) (a, b)" in " ".join(result.output.split())
+    result = runner.invoke(app, ["attribute", "predict", str(model), "--images", str(images),
+                                 "--out", str(images / "p")])
+    assert result.exit_code == 2 and "lies inside --images" in " ".join(result.output.split())
+    config = json.loads((model / "config.json").read_text())
+    del config["detector"]
+    (model / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["attribute", "predict", str(model), "--images", str(images), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "a damaged attribution model (KeyError" in " ".join(result.output.split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)
