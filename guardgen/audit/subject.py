@@ -227,6 +227,7 @@ def load_data(spec: str | None, shape: tuple[int, int, int], *, exclude=(), opti
     the flag in those messages.
     """
     from guardgen.data import load_image_folder
+    from guardgen.data.folders import MixedSizes
 
     c, h, w = shape
     if spec in ("mnist", "zoo:mnist"):
@@ -239,7 +240,12 @@ def load_data(spec: str | None, shape: tuple[int, int, int], *, exclude=(), opti
     folder = Path(str(spec)).expanduser()
     if not folder.is_dir():
         raise GuardgenError(f"{option} {spec}: no such folder; pass 'mnist' or a folder of images")
-    train, report = load_image_folder(folder, layout="flat" if not any(p.is_dir() for p in folder.iterdir()) else "auto")
+    try:
+        train, report = load_image_folder(folder, layout="flat" if not any(p.is_dir() for p in folder.iterdir()) else "auto")
+    except MixedSizes as err:  # the audit does not resize: distances are only meaningful at the model's resolution
+        raise GuardgenError(f"{option} {spec}: images of different sizes ({err.path} is {err.size[0]}x{err.size[1]}, "
+                            f"the first {err.first[0]}x{err.first[1]}); the model makes {h}x{w}: pass images of that "
+                            "size only") from None
     if len(train) == 0:
         raise GuardgenError(f"{option} {spec}: no readable images ({len(report.skipped)} skipped)")
     got = tuple(train.images.shape[1:])

@@ -36,9 +36,12 @@ def shard(
     """Split a dataset into disjoint shards with every protected work and its near-duplicates in one shard."""
     from guardgen.copyright import (Shards, check_labels, load_protected, plan_given_shards, save_shards, shard_dataset,
                                     with_copies)
-    from guardgen.data import ImageSet, load_image_set, load_mnist, resize
+    from guardgen.data import ImageSet, load_image_set, load_mnist
     from guardgen.errors import GuardgenError
 
+    from guardgen.data.folders import check_out_outside
+
+    check_out_outside(out, data=data, from_shard=from_shard)
     if shards < 2 and not from_shard:
         raise GuardgenError(f"--shards {shards}: NAF needs at least 2 shards")
     if from_shard and (copies or data != "mnist" or shards not in (2, len(from_shard))):  # 2: the default of --shards
@@ -48,8 +51,8 @@ def shard(
     def read(folder: str) -> ImageSet:
         if not Path(folder).is_dir():
             raise GuardgenError(f"{folder}: no such folder")
-        s = load_image_set(folder)
-        s.images = resize(s.images.mean(1, keepdim=True), resolution)
+        s = load_image_set(folder, resolution=resolution)  # images of several sizes are read at --resolution
+        s.images = s.images.mean(1, keepdim=True)
         return s
 
     if from_shard:

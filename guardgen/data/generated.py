@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from guardgen.checkpoint import atomic_path, load_json, save_json
-from guardgen.data.shipped import ImageSet
+from guardgen.data.shipped import ImageSet, resize
 from guardgen.errors import GuardgenError
 
 __all__ = ["MANIFEST", "write_image_set", "load_image_set", "save_grid", "to_pil"]
@@ -76,16 +76,17 @@ def write_image_set(images: torch.Tensor, folder: str | Path, *, labels=None, cl
     return folder
 
 
-def load_image_set(folder: str | Path) -> ImageSet:
+def load_image_set(folder: str | Path, resolution: int | None = None) -> ImageSet:
     """Read a set written by :func:`write_image_set`; a folder without manifest is read by ``load_image_folder``.
 
-    Returns images (N, C, H, W) float32 in [0, 1] and labels (N,) int64.
+    Returns images (N, C, H, W) float32 in [0, 1] and labels (N,) int64; ``resolution`` resizes every image to
+    that square size (None: the images must share one size).
     """
     from guardgen.data.folders import load_image_folder, read_image
 
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
-        return load_image_folder(folder)[0]
+        return load_image_folder(folder, resolution=resolution)[0]
     manifest = load_json(folder / MANIFEST)
     try:
         files, labels = list(manifest["files"]), [int(v) for v in manifest["labels"]]
@@ -103,6 +104,8 @@ def load_image_set(folder: str | Path) -> ImageSet:
             images.append(read_image(path, channels))
         except Exception as err:  # noqa: BLE001 - any decode failure is a damaged set
             raise GuardgenError(f"{path}: unreadable image ({err.__class__.__name__}); regenerate the set") from None
+        if resolution is not None:
+            images[-1] = resize(images[-1][None], resolution)[0]
         if images[-1].shape != images[0].shape:
             raise GuardgenError(f"{path}: size {tuple(images[-1].shape)} differs from {tuple(images[0].shape)}")
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names, folder.resolve().name)

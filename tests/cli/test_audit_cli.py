@@ -108,6 +108,19 @@ def test_training_data_of_another_resolution(tmp_path, tiny_class_pipeline):
                      "images are 28x28 but the model makes 8x8")
 
 
+def test_training_data_of_mixed_sizes_names_no_option_the_audit_lacks(tmp_path, tiny_class_pipeline):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("L", (8, 8)).save(data / "0.png")
+    Image.new("L", (12, 12)).save(data / "1.png")
+    result = invoke("audit", tiny_class_pipeline, "--train-data", data, "--out", tmp_path / "r")
+    _one_line_exit_2(result, "images of different sizes")
+    assert "1.png is 12x12, the first 8x8" in " ".join(result.output.split())
+    assert "pass a resolution" not in result.output  # the audit has no such option
+
+
 def test_bad_settings(tmp_path, tiny_class_pipeline):
     _one_line_exit_2(invoke("audit", tiny_class_pipeline, "--set", "samples=3", "--out", tmp_path / "r"), "unknown audit setting")
     bad = tmp_path / "bad.json"

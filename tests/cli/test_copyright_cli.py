@@ -214,3 +214,18 @@ def test_sample_refuses_bad_input_before_loading_models(tmp_path, args, message)
     result = invoke("copyright", "sample", "--model", tmp_path / "p", "--safe", tmp_path / "q", "--condition", 3, *args,
                     "--out", tmp_path / "o")
     assert_one_line_error(result, message)
+
+
+def test_shard_reads_a_data_folder_of_mixed_sizes_at_resolution_and_refuses_out_inside_it(tmp_path):
+    from PIL import Image
+
+    for c in range(2):
+        (tmp_path / "data" / str(c)).mkdir(parents=True)
+        for i in range(6):
+            size = 16 if i % 2 else 20  # two sizes: --resolution reads both at 16
+            Image.new("L", (size, size), 20 * i + 100 * c).save(tmp_path / "data" / str(c) / f"{i}.png")
+    result = invoke("copyright", "shard", "--protected", f"{tmp_path / 'data' / '0' / '1.png'}@0", "--data",
+                    tmp_path / "data", "--resolution", 16, "--out", tmp_path / "shards")
+    assert result.exit_code == 0, result.output
+    assert_one_line_error(invoke("copyright", "shard", "--protected", "mnist-test:3", "--data", tmp_path / "data",
+                                 "--out", tmp_path / "data" / "shards"), "lies inside --data")
