@@ -226,10 +226,11 @@ def test_score_says_why_no_file_was_read(folders):
 def test_eval_needs_two_reals_and_takes_fakes_of_both_colour_formats(folders):
     det = _det(folders)
     write_image_set(torch.rand(1, 1, 8, 8), folders / "one")
-    write_image_set(torch.rand(6, 3, 8, 8), folders / "gens" / "gan_rgb")
+    write_image_set(torch.rand(6, 3, 8, 8), folders / "rgb")
     result = invoke("detect", "eval", "--detector", det, "--real", folders / "one", "--fake", folders / "gens",
                     "--resolution", 8, "--n-boot", 5)
     assert result.exit_code == 2 and "at least 2" in text(result)
     result = invoke("detect", "eval", "--detector", det, "--real", folders / "data", "--fake", folders / "gens",
-                    "--resolution", 8, "--n-boot", 5, "--robustness")
+                    "--fake", folders / "rgb", "--resolution", 8, "--n-boot", 5, "--robustness")  # gray and RGB fakes
     assert result.exit_code == 0, result.output
+    assert "robustness" in text(result)
