@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import ATTACKS
-from guardgen.checkpoint import (atomic_dir, check_resumable, load_json, load_safetensors, save_json, save_safetensors,
-                                 settings_record)
+from guardgen.checkpoint import (atomic_dir, check_resumable, fingerprint, load_json, load_safetensors, save_json,
+                                 save_safetensors, settings_record)
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, make_accelerator
@@ -149,11 +149,30 @@ class WorstCaseForget:
         self.history_ = meta["history"]
         return {**state, "iteration": meta["iteration"], "seconds": meta["seconds"]}
 
+    def set_task(self, model: nn.Module, method, reference=None) -> None:
+        """Record the model searched and the methods used (lower level, ``reference``), which a resume must share
+        with the interrupted search as it shares the settings; :meth:`fit` calls it (before :meth:`load_result`, call it)."""
+        def describe(obj):
+            if obj is None:
+                return None
+            if isinstance(obj, torch.Tensor):
+                return f"losses, checksum {float(obj.double().sum()):.6g}"
+            settings = settings_record(obj, skip=("device", "mixed_precision")) if is_dataclass(obj) else {}
+            return {"method": type(obj).__name__, **settings}
+
+        self.resume_task_ = {"model": fingerprint(model), "method": describe(method), "reference": describe(reference)}
+
+    def _settings(self) -> dict:
+        return {**settings_record(self, skip=("device",)), **getattr(self, "resume_task_", {})}
+
     def _read_saved(self, folder: Path, meta_name: str, tensors_name: str, key: str, n: int) -> tuple[dict, dict]:
         """``folder``'s ``META.json`` and ``TENSORS.safetensors``, refused if saved under other settings or if ``key``
         does not run over ``n`` samples (or classes)."""
         meta = load_json(folder / f"{meta_name}.json")
-        check_resumable(meta["settings"], settings_record(self, skip=("device",)), folder)
+        if not isinstance(meta, dict) or "settings" not in meta:
+            raise GuardgenError(f"{folder}: not a saved worst-case search (another command's state?); start again "
+                                "without --resume, or pass another --out")
+        check_resumable(meta["settings"], self._settings(), folder)
         tensors = load_safetensors(folder / f"{tensors_name}.safetensors")
         if len(tensors[key]) != n:
             raise GuardgenError(f"{folder}: the saved search ran over {len(tensors[key])} samples or classes, this data has "
@@ -168,7 +187,7 @@ class WorstCaseForget:
         with atomic_dir(state_dir) as tmp:
             save_safetensors({**{k: v.detach().clone() for k, v in tensors.items() if v is not None},
                               "generator": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "search.safetensors")
-            save_json({"iteration": it, "seconds": seconds, "history": self.history_, "settings": settings_record(self, skip=("device",))},
+            save_json({"iteration": it, "seconds": seconds, "history": self.history_, "settings": self._settings()},
                       tmp / "state.json")
 
     # -- classifiers ------------------------------------------------------------------------------
@@ -197,6 +216,7 @@ class WorstCaseForget:
         masker = getattr(method, "lower_level_mask", None)
         if self.upper_signal not in ("loss", "gap"):
             raise GuardgenError(f"a classifier's upper_signal must be 'loss' or 'gap', not {self.upper_signal!r}")
+        self.set_task(model, method, reference)
         acc = make_accelerator(self.device)
         torch.manual_seed(self.seed)  # the lower level's dropout: a search is a function of its seed, as the methods' fits are
         g = torch.Generator().manual_seed(self.seed)
@@ -264,7 +284,7 @@ class WorstCaseForget:
         with atomic_dir(folder) as tmp:
             save_safetensors({k: v.detach().cpu().clone() for k, v in tensors.items()}, tmp / "result.safetensors")
             save_json({"search_seconds": self.search_seconds_, "history": self.history_,
-                       "settings": settings_record(self, skip=("device",))}, tmp / "result.json")
+                       "settings": self._settings()}, tmp / "result.json")
 
     def load_result(self, folder: str | Path, num_samples: int) -> "WorstCaseForget":
         """The search :meth:`save_result` kept, refused if it ran under other settings or over data of another size."""
@@ -354,6 +374,7 @@ class WorstCaseForget:
 
         if self.upper_signal not in ("loss", "ratio"):
             raise GuardgenError(f"upper_signal must be 'loss' or 'ratio', not {self.upper_signal!r}")
+        self.set_task(pipe.unet, method)
         state_dir = None if state_dir is None else Path(state_dir)
         self.history_ = []
         state = self._restore(state_dir, resume, g, len(names))

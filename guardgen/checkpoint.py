@@ -37,6 +37,8 @@ __all__ = [
     "save_training_state",
     "load_training_state",
     "PICKLE_SUFFIXES",
+    "check_out",
+    "fingerprint",
 ]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -90,6 +92,36 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_out(out: str | os.PathLike, inputs: dict | list[tuple[str, Any]] | None = None, option: str = "--out", *,
+              replaces: bool = True) -> None:
+    """Refuse, before any work, an output folder that cannot be made (a file on its path, a folder that is not
+    writable) or that overlaps an input: the same folder, or, where the result replaces its ``--out`` as a whole
+    (``replaces``), a folder holding the input (replaced with it) or inside it. ``inputs`` maps a name ("--model")
+    to its path (None: unused), as a dict or (name, path) pairs."""
+    out = Path(out)
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists() or p.is_symlink())
+    if existing.is_symlink() and not existing.exists():
+        raise GuardgenError(f"{option} {out}: {existing} is a broken link")
+    if not existing.is_dir():
+        raise GuardgenError(f"{option} {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GuardgenError(f"{option} {out}: {existing} is not writable")
+    target = out.resolve()
+    for name, path in (inputs.items() if isinstance(inputs, dict) else inputs or ()):
+        if path is None:
+            continue
+        given = Path(path).resolve()
+        if given == target:
+            raise GuardgenError(f"{option} {out}: the same folder as {name}; the results would be written into it, "
+                                "so pass another folder")
+        if not replaces:
+            continue
+        if target in given.parents:
+            raise GuardgenError(f"{option} {out}: holds {name} ({path}), which the result would replace; pass another folder")
+        if given in target.parents:
+            raise GuardgenError(f"{option} {out}: inside {name} ({path}); pass a folder outside it")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -303,6 +335,18 @@ def settings_record(obj, skip: tuple[str, ...] = ()) -> dict:
 
     values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init and f.name not in skip}
     return json.loads(json.dumps(values, default=str))
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """A module's class, size and a checksum of its weights (a record compared on resume: the same model reads the
+    same on any device; another model, or the same one trained further, reads otherwise)."""
+    count, total = 0, 0.0
+    with torch.no_grad():
+        for value in module.state_dict().values():
+            if value.is_floating_point():
+                count += value.numel()
+                total += float(value.double().sum())
+    return f"{type(module).__name__}, {count} weights, checksum {total:.6g}"
 
 
 def check_resumable(saved: dict | None, current: dict, where: str | os.PathLike) -> None:

@@ -16,14 +16,39 @@ from pathlib import Path
 
 from torch import nn
 
-from guardgen.checkpoint import load_training_state, save_training_state, settings_record
+from guardgen.checkpoint import fingerprint, load_training_state, save_training_state, settings_record
 
-__all__ = ["LoopState", "method_settings"]
+__all__ = ["LoopState", "check_state", "method_settings", "set_task"]
 
 
 def method_settings(method) -> dict:
-    """What a resumed run must share with the interrupted one: the settings, not where it runs or how often it saves."""
-    return settings_record(method, skip=("device", "mixed_precision", "checkpoint_every"))
+    """What a resumed run must share with the interrupted one: the settings, not where it runs or how often it saves,
+    and the task :func:`set_task` recorded (what is forgotten, from which model)."""
+    return {**settings_record(method, skip=("device", "mixed_precision", "checkpoint_every")),
+            **getattr(method, "resume_task_", {})}
+
+
+def set_task(method, model: nn.Module, **conditions) -> None:
+    """Record on ``method`` what a fit does (``conditions``: forget, retain, override, ...; ``model``: the network it
+    starts from), so that a saved state is resumed only for the same task: a state that forgot another concept,
+    or came from another model, is refused like one saved under other settings."""
+    import json
+
+    task = {k: json.loads(json.dumps(list(v) if isinstance(v, (list, tuple)) else v, default=str)) for k, v in conditions.items()}
+    method.resume_task_ = {**task, "model": fingerprint(model)}
+
+
+def check_state(method, out, resume: bool, name: str = "training_state") -> None:
+    """Before any slow work: refuse to resume a state in ``out/name`` saved under other settings or for another task
+    (:func:`set_task`), naming what differs. Nothing to resume, or no ``resume``: nothing to check."""
+    from guardgen.checkpoint import check_resumable, load_json
+
+    state = None if out is None else Path(out) / name / "state.json"
+    if not resume or state is None or not state.is_file():
+        return
+    meta = load_json(state)
+    extra = meta.get("extra") if isinstance(meta, dict) else None
+    check_resumable(extra.get("settings") if isinstance(extra, dict) else {}, method_settings(method), state.parent)
 
 
 class LoopState:
@@ -37,6 +62,8 @@ class LoopState:
         self.iterations = method.iterations if iterations is None else iterations
         self.settings = method_settings(method)
         self.t0 = time.perf_counter()
+        if self.dir is not None:
+            check_state(method, out, resume, name)
 
     def start(self, modules: dict[str, nn.Module], optimizers: dict, rng: random.Random | None = None) -> int:
         """The first step to run: 1, or the one after the saved step, with everything restored."""

@@ -59,7 +59,8 @@ from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from unlearn._resume import LoopState, method_settings
+from guardgen.checkpoint import fingerprint
+from unlearn._resume import LoopState, method_settings, set_task
 
 __all__ = ["AdaptThenUnlearn", "GANFineTune", "REPULSIONS", "GAMMA_DEFAULTS", "repulsion_loss", "parameter_distance",
            "diagonal_fisher", "ewc_penalty", "split_by_feature", "evaluate_gan_unlearning", "load_unlearned_gan"]
@@ -314,6 +315,8 @@ class _GANUnlearnBase:
             raise GuardgenError(f"the classifier finds the feature in {n_neg} of {len(mask)} samples: no samples "
                                 f"without it are left to train on{hint}")
         self.latent_dim_, self.forget_ = latent_dim, [int(f) for f in _as_list(forget)] if forget is not None else []
+        set_task(self, generator, forget=self.forget_,
+                 classifier=fingerprint(classifier) if isinstance(classifier, nn.Module) else type(classifier).__name__)
         return generator, discriminator, images[mask], images[~mask]
 
     def _train(self, generator, discriminator, data, iterations, *, tag, extra_g=None, callback=None, offset=0,

@@ -22,7 +22,7 @@ from guardgen.models.conditioning import conditioning_for, ddim_sample
 from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from unlearn._resume import LoopState
+from unlearn._resume import LoopState, set_task
 
 __all__ = ["ESD"]
 
@@ -65,6 +65,7 @@ class ESD:
             raise GuardgenError(f"ESD train must be all, cross_attn or non_cross_attn, not {self.train!r}")
         cond = conditioning_for(pipe)
         forget = [cond.parse(c) for c in forget]
+        set_task(self, pipe.unet, forget=forget)
         acc = make_accelerator(self.device, self.mixed_precision)
         rng = random.Random(self.seed)
         torch.manual_seed(self.seed)

@@ -98,11 +98,14 @@ def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retai
 
     if not forget:
         raise GuardgenError("nothing to forget: name the concept (a class or a prompt) to forget")
-    forget = [cond.parse(c) for c in forget]
+    forget = list(dict.fromkeys(cond.parse(c) for c in forget))  # "7" and "07" given twice: forgotten once
     override = [cond.parse(c) for c in override]
+    retain = list(dict.fromkeys(cond.parse(c) for c in retain or []))
     if set(forget) & set(override):
-        raise GuardgenError(f"the override {override} equals the forgotten concept; choose another override")
-    both = sorted(set(forget) & {cond.parse(c) for c in retain or []}, key=str)
+        same = sorted(set(forget) & set(override), key=str)[0]
+        raise GuardgenError(f"{same!r}, what the concept becomes (--override, or redact's --reference), equals the "
+                            "forgotten concept; choose another")
+    both = sorted(set(forget) & set(retain), key=str)
     if both:
         raise GuardgenError(f"{both[0]!r} is both forgotten and retained; drop it from --retain")
     plan = {"kind": cond.kind, "forget": forget, "override": override}
@@ -124,7 +127,7 @@ def concept_plan(pipe, cond, *, forget: Sequence, override: Sequence = (), retai
         forget = forget + extra
         classes.update({p: concept_class(p) for p in extra})
         plan["forget"] = forget
-    retain = [cond.parse(c) for c in retain] or [p for c, ps in table.items() if int(c) not in forgotten_classes for p in ps]
+    retain = retain or [p for c, ps in table.items() if int(c) not in forgotten_classes for p in ps]
     if not retain and require_retain:
         raise GuardgenError("no retained prompts: pass --retain for a text model without a prompt table")
     plan["retain"] = retain

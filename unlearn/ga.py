@@ -21,7 +21,7 @@ from guardgen.models.diffusion import sample_images
 from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from unlearn._resume import LoopState
+from unlearn._resume import LoopState, check_state, set_task
 
 __all__ = ["GA"]
 
@@ -51,6 +51,8 @@ class GA:
         forget, retain = [cond.parse(c) for c in forget], [cond.parse(c) for c in retain]
         if not retain and self.lambda_retain > 0:
             raise GuardgenError("GA with a retain anchor needs retained conditions")
+        set_task(self, pipe.unet, forget=forget, retain=retain, given_images=forget_images is not None)
+        check_state(self, out, resume)  # before sampling the data
         # data: (x0 in [-1, 1], condition) pairs for the forget and retain sets
         f_conds = [c for c in forget for _ in range(self.samples_per_condition)]
         r_conds = [c for c in retain for _ in range(self.samples_per_condition)]

@@ -51,7 +51,7 @@ from guardgen.models.conditioning import conditioning_for, ddim_sample, guided_e
 from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Range, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from unlearn._resume import method_settings
+from unlearn._resume import check_state, method_settings, set_task
 
 __all__ = ["SFD"]
 
@@ -137,6 +137,8 @@ class SFD:
             raise GuardgenError("override='fixed' needs an override class or prompt")
         if self.override == "oracle" and (oracle is None or cond.kind != "class"):
             raise GuardgenError("override='oracle' needs a classifier and a class-conditional model")
+        set_task(self, pipe.unet, forget=forget, retain=retain, override=override)
+        check_state(self, out, resume)  # before the regression pairs are sampled
 
         acc = make_accelerator(self.device, self.mixed_precision)
         torch.manual_seed(self.seed)

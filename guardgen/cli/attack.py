@@ -111,12 +111,14 @@ def worst_case_forget(
     import torch
 
     from attacks.worst_case_forget import WorstCaseForget
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
+    from guardgen.cli.unlearn import note_fresh
     from guardgen.data import save_grid
     from guardgen.errors import GuardgenError
     from guardgen.metrics import unlearning_report
-    from guardgen.models import load_model
+    from guardgen.models import load_model, model_folder
 
+    check_out(out, {"--model": model_folder(model)[1]}, replaces=False)
     train, test = classifier_data(data, resolution, max_samples)
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     if epochs is not None:
@@ -135,9 +137,11 @@ def worst_case_forget(
     search.check_size(len(train) if mode == "data" else len(torch.unique(train.labels)), "samples" if mode == "data" else "classes")
     state_dir = out / "training_state"
     if resume and (state_dir / "search" / "result.json").is_file():  # stopped in the evaluation: the search is done
+        search.set_task(net, runner, reference)
         search.load_result(state_dir / "search", len(train))
         console.print(f"search kept from {state_dir / 'search'}")
     else:
+        note_fresh(out, resume)
         with progress_callback("worst-case search", keys=("objective", "selected_loss")) as callback:
             search.fit(net, (train.images, train.labels), method=runner, reference=reference, callback=callback,
                        state_dir=state_dir, resume=resume)
@@ -234,12 +238,15 @@ def evade(
 
     from attacks.latent_evasion import LatentEvasion, detector_scores, detector_views, parse_attribute
     from detectors.detector import Detector
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
     from guardgen.data import save_grid
     from guardgen.data.folders import read_image
     from guardgen.data.generated import write_image_set
     from guardgen.errors import GuardgenError
+    from guardgen.models import resolve
 
+    check_out(out, [("--generator", resolve(generator).path), ("--classifier", resolve(classifier).path),
+                    *(("--detector", p) for p in [*detector, *black_box] if Path(p).exists())], replaces=False)
     if attribute is not None and reference is not None:
         raise GuardgenError("pass --attribute or --reference, not both")
     runner = LatentEvasion(mode=mode, steps=steps, lr=lr, inner_lr=inner_lr, candidates=candidates, restarts=restarts,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import console, err_console, guarded, parse_sets, progress_callback, results_table
 from guardgen.registry import configure
 
 __all__ = ["app"]
@@ -58,7 +58,7 @@ def concept(
     from rich.markup import escape
 
     from guardgen import __version__
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
     from guardgen.errors import GuardgenError
     from guardgen.models import load_model, resolve
     from guardgen.models.conditioning import conditioning_for
@@ -68,6 +68,7 @@ def concept(
     from unlearn.evaluate import concept_plan, evaluate_before_after
 
     ref = resolve(model)
+    check_out(out, {"--model": ref.path, "--oracle": resolve(oracle).path if evaluate or ref.kind == "gan" else None})
     if ref.kind == "gan":
         given = [name for name, value in (("--override", override), ("--retain", retain), ("--override-mode", override_mode))
                  if value]
@@ -84,6 +85,11 @@ def concept(
         raise GuardgenError(f"{method} unlearns {KINDS[cls.target]}; for a diffusion model use --method "
                             f"{', '.join(methods_for('diffusion'))}")
     pipe = load_model(model, device=model_device(device))
+    if type(pipe).__name__ == "OneStepPipeline":
+        source = (ref.run or {}).get("original_model")
+        raise GuardgenError(f"{model}: a one-step generator distilled by SFD, not a diffusion model; {method} needs a "
+                            "model's multi-step score network, so unlearn the original model"
+                            + (f" ({source})" if isinstance(source, str) else "") + " with every concept to forget")
     cond = conditioning_for(pipe)
     judge = load_model(oracle, kind="classifier") if evaluate or override_mode == "oracle" else None
     plan = concept_plan(pipe, cond, forget=forget, override=override, retain=retain, expand=expand)
@@ -105,6 +111,7 @@ def concept(
     if random_override:
         console.print("No --override: each forgotten condition is mapped to a random retained one (--override-mode random).")
     console.print(f"unlearning {plan['forget']} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
+    note_fresh(out, resume, "training_state", "retrained/training_state")
     keys = ("loss_gen", "loss_fake", "loss", "loss_forget")
     with progress_callback(f"{method}", keys=keys) as callback:
         runner.fit(pipe, forget=plan["forget"], retain=plan["retain"], override=plan["override"], oracle=judge,
@@ -130,6 +137,13 @@ def concept(
     console.print(results_table(f"{method}: forgetting {plan['forget']}", rows))
     console.print(f"grid (rows = conditions; left: before, right: after): {out / 'grid.png'}\nsaved to {out}")
 
+
+
+def note_fresh(out: Path, resume: bool, *states: str) -> None:
+    """--resume where ``out`` holds no saved state (a mistyped --out?): say so, then train from the start."""
+    if resume and not any((out / s).exists() for s in states or ("training_state",)):
+        err_console.print(f"[yellow]note[/]: nothing to resume in {out} (no {(states or ('training_state',))[0]}/); "
+                          "training from the start")
 
 
 def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets: list[str], out: Path, oracle: str,
@@ -159,9 +173,13 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
     if iterations is not None:
         params["unlearn_iterations"] = iterations
     generator, discriminator = load_model(model, kind="gan", device=model_device(device))
+    if discriminator is None:  # both GAN methods train adversarially: say so before the progress bar
+        raise GuardgenError(f"{model}: holds no discriminator (discriminator.safetensors); {method} trains the GAN "
+                            "adversarially and needs it")
     judge = load_model(oracle, kind="classifier")
     runner = configure(cls, params, name=method)
     console.print(f"unlearning class(es) {classes} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
+    note_fresh(out, resume)
     with progress_callback(method, keys=("loss_d", "loss_g", "reg")) as callback:
         runner.fit((generator, discriminator), forget=classes, classifier=judge, callback=callback, out=out, resume=resume)
     runner.save_pretrained(out, extra={"original_model": model, "guardgen_version": __version__, "seed": seed})
@@ -203,7 +221,7 @@ def redact(
     from rich.markup import escape
 
     from guardgen import __version__
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
     from guardgen.errors import GuardgenError
     from guardgen.models import load_model, resolve
     from guardgen.models.conditioning import conditioning_for
@@ -215,6 +233,8 @@ def redact(
     ref = resolve(model)
     if ref.kind != "pipeline":
         raise GuardgenError(f"{model}: holds a {ref.kind}; redaction needs a conditional diffusion pipeline")
+    check_out(out, [("--model", ref.path), ("--oracle", resolve(oracle).path if evaluate else None),
+                    *(("a --prompts file", Path(p)) for p in prompts if Path(p).is_file())])
     items = []
     for p in prompts:
         path = Path(p)
@@ -242,6 +262,8 @@ def redact(
         params["iterations"] = iterations
     runner = UNLEARN.create("redaction", **params)
     console.print(f"redacting {len(plan['forget'])} conditional(s) of [bold]{escape(model)}[/] -> {escape(str(reference))} ({variant})")
+    if cond.kind != "class":  # a class model's redaction is an exact remap, with nothing to resume
+        note_fresh(out, resume)
     with progress_callback("redaction", keys=("loss_redact", "loss_retain")) as callback:
         runner.fit(pipe, forget=plan["forget"], retain=[cond.parse(r) for r in retain], override=plan["override"],
                    callback=callback, out=out, resume=resume)
@@ -251,7 +273,10 @@ def redact(
            "redacted": plan["forget"], "reference": plan["override"], "hyperparameters": runner.get_params(),
            "train_seconds": runner.train_seconds_, "seed": seed}
     save_json(run, out / "run.json")
-    if not evaluate or plan.get("forget_map") is None or plan.get("override_class") is None:
+    if not evaluate:
+        console.print(f"saved to {out} (not evaluated)")
+        return
+    if plan.get("forget_map") is None or plan.get("override_class") is None:
         console.print(f"saved to {out} (not scored: no oracle mapping for these prompts)")
         return
     judge = load_model(oracle, kind="classifier")
@@ -316,12 +341,14 @@ def evaluate(
     With --out, the unlearned classifier is saved there too: `--model OUT` loads it in any guardgen command."""
     import torch
 
-    from guardgen.checkpoint import load_json, save_json
+    from guardgen.checkpoint import check_out, load_json, save_json
     from guardgen.cli.attack import check_takes, classifier_data, classifier_method
     from guardgen.metrics import gap_to_retrain, unlearning_report
     from guardgen.models import load_model, model_folder
     from guardgen.utils import model_device
 
+    if out is not None:
+        check_out(out, {"--model": model_folder(model)[1]}, replaces=False)
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     if epochs is not None:
         params["epochs"] = epochs

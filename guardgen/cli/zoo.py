@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
-from guardgen.registry import configure
 
 __all__ = ["app"]
 
@@ -76,12 +75,17 @@ def build(
         overrides["epochs"] = epochs
     if exclude:
         overrides["exclude"] = _parse_classes(exclude)
-    configure(zoo.config_class(name), overrides, name=name)  # bad settings fail here, before the progress bar
+    from guardgen.checkpoint import check_out
+    from guardgen.cli.unlearn import note_fresh
+
+    zoo.settings(name, overrides)  # bad settings fail here, before the progress bar
     user_dir = zoo.user_zoo_dir()
     out = out or ((user_dir / name) if user_dir else Path("runs/zoo") / name)
+    check_out(out)
     main_process = int(os.environ.get("RANK", "0")) == 0  # before the accelerator exists (it picks cpu/gpu itself)
     if main_process:
         console.print(f"building [bold]{name}[/] into {out}")
+        note_fresh(out, resume)
     with progress_callback(f"zoo build {name}") as callback:
         metrics = zoo.build(name, out, resume=resume, callback=callback if main_process else None, **overrides)
     if main_process:
@@ -114,8 +118,11 @@ def show(
     from guardgen.models.diffusion import sample_images
     from guardgen.utils import predict_logits
 
+    from guardgen.checkpoint import check_out
+
     spec = name if (":" in name or "/" in name or Path(name).exists()) else f"zoo:{name}"
     ref = resolve(spec)
+    check_out(out, {"the model": ref.path, "--oracle": resolve(oracle).path}, replaces=False)
     judge = load_model(oracle, kind="classifier")
     out.mkdir(parents=True, exist_ok=True)
     if ref.kind == "classifier":

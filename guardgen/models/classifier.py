@@ -105,20 +105,39 @@ def load_classifier(folder: str | Path, *, device: str | torch.device = "cpu", a
     """Load a classifier folder (``config.json`` with ``architecture`` + a weight file), in eval mode."""
     folder = Path(folder)
     config = load_json(folder / "config.json")
-    if "architecture" not in config:
+    if not isinstance(config, dict) or "architecture" not in config:
         raise GuardgenError(f"{folder}/config.json names no 'architecture'; not a classifier folder")
-    args = dict(config.get("model_args") or {})
+    architecture = config["architecture"]
+    if not isinstance(architecture, str) or not architecture.strip():
+        raise GuardgenError(f"{folder}/config.json: 'architecture' must be a timm model name, found {architecture!r}")
+    model_args = config.get("model_args") or {}
+    if not isinstance(model_args, dict):
+        raise GuardgenError(f"{folder}/config.json: 'model_args' must be an object of keyword arguments, "
+                            f"found a {type(model_args).__name__}")
+    args = dict(model_args)
     if "num_classes" not in args and config.get("num_classes") is not None:
         args["num_classes"] = config["num_classes"]
-    weights = sorted(folder.glob("*.safetensors")) or sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
+    weights = sorted(folder.glob("*.safetensors"), key=lambda p: (p.name != "model.safetensors", p.name)) or sorted(
+        p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
     if not weights:
         raise GuardgenError(f"{folder}: no weight file (model.safetensors) beside config.json")
-    model = create_classifier(config["architecture"], **args)
     state = load_state_dict(weights[0], allow_pickle=allow_pickle)
+    check_architecture(architecture)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # a zero width is refused below, by the weights; not a warning first
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            model = create_classifier(architecture, **args)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as err:
+        raise GuardgenError(f"{folder}/config.json: model_args do not build {architecture} "
+                            f"({str(err).splitlines()[0] if str(err) else err.__class__.__name__})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise GuardgenError(f"{weights[0]}: weights do not fit {config['architecture']} ({str(err).splitlines()[0]})") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+        raise GuardgenError(f"{weights[0]}: weights do not fit {architecture} built from config.json ({detail[:200]})") from None
     return model.to(device).eval()
 
 

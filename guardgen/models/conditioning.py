@@ -30,7 +30,7 @@ class ClassConditioning:
         text = str(concept).strip()
         if text in self.class_names:
             return self.class_names.index(text)
-        if text.lstrip("-").isdigit() and 0 <= int(text) < self.num_classes:
+        if text.isascii() and text.isdigit() and int(text) < self.num_classes:  # "²" is a digit to isdigit, not to int
             return int(text)
         raise GuardgenError(f"unknown class {concept!r}; this model has classes 0..{self.num_classes - 1}")
 

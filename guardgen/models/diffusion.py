@@ -88,7 +88,11 @@ def load_diffusion(folder: str | Path, *, device: str | torch.device = "cpu", to
         raise GuardgenError(f"{folder}: no such folder")
     if (folder / "model_index.json").is_file():
         index = load_json(folder / "model_index.json")
+        if not isinstance(index, dict):
+            raise GuardgenError(f"{folder / 'model_index.json'}: expected a JSON object naming the pipeline's parts, "
+                                f"found a {type(index).__name__}")
         cls_name = index.get("_class_name")
+        _check_components(folder, index)
         _check_weights(folder)
         try:
             if isinstance(cls_name, list):  # a guardgen pipeline: the installed class, no remote code executed
@@ -101,7 +105,7 @@ def load_diffusion(folder: str | Path, *, device: str | torch.device = "cpu", to
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
     if (folder / "config.json").is_file():
-        config = load_json(folder / "config.json")
+        config = _config_object(folder / "config.json")
         cls_name = config.get("_class_name")
         if cls_name not in DIFFUSERS_MODEL_CLASSES or not hasattr(diffusers, cls_name):
             raise GuardgenError(f"{folder}: config.json is not a diffusers model ({cls_name or 'no _class_name'})")
@@ -131,12 +135,38 @@ def _load_guardgen_pipeline(folder: Path, index: dict, torch_dtype):
             component_cls = getattr(importlib.import_module(value[0]), value[1])
             is_model = issubclass(component_cls, torch.nn.Module)
             extra = {"torch_dtype": torch_dtype, "use_safetensors": True} if is_model else {}
-            kwargs[name] = component_cls.from_pretrained(folder / name, **extra)
+            kwargs[name] = component_cls.from_pretrained(folder / name, local_files_only=True, **extra)
         elif not isinstance(value, list):
             kwargs[name] = value
     pipe = cls(**kwargs)
     pipe.register_to_config(_name_or_path=str(folder))  # as from_pretrained records it (pipeline-owned subfolders)
     return pipe
+
+
+def _config_object(path: Path) -> dict:
+    """A component's config file, which must hold a JSON object (diffusers reads a list as a hub id)."""
+    config = load_json(path)
+    if not isinstance(config, dict):
+        raise GuardgenError(f"{path}: expected a JSON object of settings, found a {type(config).__name__}; restore or rebuild it")
+    return config
+
+
+def _check_components(folder: Path, index: dict) -> None:
+    """Each part ``model_index.json`` names must be a subfolder with an object config, checked on disk before
+    diffusers looks for it (it would ask the hub for a missing one, with retries, and read a list config as a hub id)."""
+    for name, value in index.items():
+        if name.startswith("_") or not (isinstance(value, list) and len(value) == 2 and value[0] is not None):
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise GuardgenError(f"{folder}: model_index.json names a {name} ({value[1]}), but there is no {name}/ folder; "
+                                "restore it or rebuild the pipeline")
+        for config in ("config.json", "scheduler_config.json"):
+            if (sub / config).is_file():
+                _config_object(sub / config)
+        if (sub / "config.json").is_file() and not any(sub.rglob("*.safetensors")) and not any(
+                p.suffix in (".bin", ".pt", ".pth", ".ckpt") for p in sub.rglob("*")):
+            raise GuardgenError(f"{sub}: no weights (a .safetensors file) beside its config.json; restore them or rebuild the pipeline")
 
 
 def _first_line(err: Exception) -> str:

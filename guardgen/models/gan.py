@@ -291,7 +291,7 @@ def save_gan(
 def _build(folder: Path, architecture: str, role: str, cls: type[nn.Module], args: dict, device) -> nn.Module:
     try:
         model = cls(**args)
-    except TypeError as err:
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as err:
         raise GuardgenError(f"{folder}/config.json: bad {role}_args for {architecture!r} ({err})") from None
     path = folder / f"{role}.safetensors"
     try:
@@ -318,8 +318,11 @@ def load_gan(
     config = load_json(folder / "config.json")
     gan = config.get("gan") if isinstance(config, dict) else None
     if not isinstance(gan, dict):
-        raise GuardgenError(f"{folder}/config.json has no 'gan' key; not a GAN folder")
+        what = "has no 'gan' key" if gan is None else f"has a 'gan' entry that is a {type(gan).__name__}, not an object"
+        raise GuardgenError(f"{folder}/config.json {what}; not a GAN folder")
     name = gan.get("architecture")
+    if not isinstance(name, str):
+        raise GuardgenError(f"{folder}/config.json: 'gan' names no architecture (e.g. \"architecture\": \"dcgan\")")
     arch = GAN_ARCHITECTURES.get(name)
     generator = _build(folder, name, "generator", arch.generator, gan.get("generator_args") or {}, device)
     discriminator = None

@@ -39,15 +39,29 @@ def folder_kind(folder: Path) -> str:
                 return "classifier"
             if str(config.get("_class_name", "")).startswith(("UNet", "Autoencoder", "VQ", "Transformer")):
                 return "diffusion-model"
-    run = folder / "run.json"
-    if run.is_file():
-        model = load_json(run).get("model_path")
+    run = run_record(folder)
+    if run is not None:
+        model = run.get("model_path")
         if model and (folder / model).is_dir():
             return folder_kind(folder / model)
     files = ", ".join(sorted(p.name for p in folder.iterdir())[:5]) or "empty"
     raise GuardgenError(
         f"{folder}: not a model folder (no model_index.json, or config.json naming a model; found: {files})"
     )
+
+
+def run_record(folder: Path) -> dict | None:
+    """A run folder's ``run.json`` (None without one), checked: an object whose ``model_path``, if any, is a name."""
+    path = folder / "run.json"
+    if not path.is_file():
+        return None
+    run = load_json(path)
+    if not isinstance(run, dict):
+        raise GuardgenError(f"{path}: expected a JSON object (a guardgen run's record), found a {type(run).__name__}; "
+                            "restore it or remove it")
+    if run.get("model_path") is not None and not (isinstance(run["model_path"], str) and run["model_path"].strip()):
+        raise GuardgenError(f"{path}: 'model_path' must name the run's model subfolder, found {run['model_path']!r}")
+    return run
 
 
 def _hf_path(repo_id: str) -> Path:
@@ -92,5 +106,5 @@ def resolve(spec: str) -> ModelRef:
                     "(convert it to a folder with config.json + .safetensors)"
                 )
             raise GuardgenError(f"{spec}: a file, not a model folder; pass the folder that holds config.json")
-    run = load_json(path / "run.json") if (path / "run.json").is_file() else None
+    run = run_record(path)
     return ModelRef(spec=spec, path=path, kind=folder_kind(path), source=source, run=run)

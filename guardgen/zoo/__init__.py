@@ -13,7 +13,7 @@ from pathlib import Path
 from guardgen.errors import GuardgenError
 from guardgen.registry import configure
 
-__all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_path", "shipped_path", "user_zoo_dir", "build", "config_class"]
+__all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_path", "shipped_path", "user_zoo_dir", "build", "config_class", "settings"]
 
 
 @dataclass(frozen=True)
@@ -97,16 +97,40 @@ def config_class(name: str):
     return getattr(importlib.import_module(entry.module), entry.config)
 
 
+def settings(name: str, overrides: dict):
+    """The config of zoo model ``name`` with ``overrides``, checked: each field's type and range, the excluded
+    classes (MNIST's 0..9, not all of them) and a batch the training data can fill."""
+    config = configure(config_class(name), overrides, name=name)
+    exclude = set(getattr(config, "exclude", ()))
+    bad = sorted(c for c in exclude if not 0 <= c <= 9)
+    if bad:
+        raise GuardgenError(f"{name}: exclude names class {bad[0]}; MNIST's classes are 0..9")
+    if len(exclude) >= 10:
+        raise GuardgenError(f"{name}: exclude leaves no class of MNIST to train on")
+    batch = getattr(config, "batch_size", None)
+    if batch is not None:
+        from guardgen.data import load_mnist
+
+        n = int((~_isin(load_mnist("train").labels, sorted(exclude))).sum())
+        if batch > n:
+            raise GuardgenError(f"{name}: batch_size {batch} is more than the {n} training images"
+                                + (" left by exclude" if exclude else "") + f"; use at most {n}")
+    return config
+
+
+def _isin(labels, classes: list[int]):
+    import torch
+
+    return torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
+
+
 def build(name: str, out: str | Path, *, resume: bool = False, callback=None, **overrides) -> dict:
     """Train zoo model ``name`` into ``out`` (seeded; ``overrides`` set config fields); returns metrics."""
     import importlib
 
     entry = _entry(name)
     module = importlib.import_module(entry.module)
-    cfg_cls = getattr(module, entry.config)
-    config = configure(cfg_cls, overrides, name=name)
-    if len(set(getattr(config, "exclude", ()))) >= 10:
-        raise GuardgenError(f"{name}: exclude leaves no class of MNIST to train on")
+    config = settings(name, overrides)
     kwargs = {}
     if "mnist-oracle" in entry.needs:
         from guardgen.models.classifier import load_classifier

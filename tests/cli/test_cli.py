@@ -228,3 +228,14 @@ def test_the_script_keeps_help_and_exit_codes(monkeypatch, capsys):
         assert stop.value.code == code, argv
     out = capsys.readouterr().out
     assert out.startswith(__version__) and out.count("Usage:") == 2
+
+
+def test_zoo_show_and_build_refuse_an_out_they_cannot_use(tmp_path, tiny_class_pipeline):
+    (tiny_class_pipeline / ".guardgen").touch()
+    result = invoke("zoo", "show", tiny_class_pipeline, "--out", tiny_class_pipeline)
+    assert result.exit_code == 2 and "the same folder as the model" in result.output, result.output
+    (tmp_path / "file").write_text("x")
+    result = invoke("zoo", "build", "mnist-oracle", "--out", tmp_path / "file" / "o")
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
+    result = invoke("zoo", "build", "mnist-oracle", "--set", "exclude=[11]", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "exclude names class 11" in result.output, result.output

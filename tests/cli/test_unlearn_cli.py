@@ -126,3 +126,105 @@ def test_unlearn_a_text_concept_with_evaluation(tmp_path):
 def test_unknown_text_concept(tmp_path):
     result = invoke("unlearn", "concept", "--model", "zoo:mnist-t2i", "--forget", "a photo of a cat", "--out", tmp_path / "r")
     assert result.exit_code == 2 and "unknown concept 'a photo of a cat'" in result.output
+
+
+def test_out_that_overlaps_the_model_is_refused_before_any_work(tmp_path, tiny_class_pipeline):
+    (tmp_path / "file").write_text("keep me")
+    (tiny_class_pipeline / ".guardgen").touch()  # a folder guardgen wrote (an earlier run's result)
+    for out, message in [(tiny_class_pipeline, "the same folder as --model"), (tiny_class_pipeline / "run", "inside --model"),
+                         (tmp_path / "file" / "run", "is a file, not a folder")]:
+        result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 7, "--override", 1,
+                        "--no-evaluate", "--out", out)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output and "sfd" not in result.output  # before the progress bar
+    prompts = tmp_path / "r" / "prompts.txt"
+    prompts.parent.mkdir()
+    (tmp_path / "r" / ".guardgen").touch()
+    prompts.write_text("7\n")
+    result = invoke("unlearn", "redact", "--model", tiny_class_pipeline, "--prompts", prompts, "--reference", 1,
+                    "--no-evaluate", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "holds a --prompts file" in result.output, result.output
+    assert prompts.read_text() == "7\n"
+
+
+def test_a_one_step_result_is_not_unlearned_again(tmp_path, tiny_class_pipeline):
+    out = tmp_path / "sfd"
+    result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 3, "--forget", "03", "--override", 1,
+                    "--iterations", 1, "--no-evaluate", "--out", out, "--set", "batch_size=4")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["forget"] == [3]  # given twice, forgotten once
+    result = invoke("unlearn", "concept", "--model", out, "--forget", 7, "--override", 1, "--method", "esd",
+                    "--no-evaluate", "--out", tmp_path / "again")
+    assert result.exit_code == 2 and "a one-step generator distilled by SFD" in result.output, result.output
+    assert str(tiny_class_pipeline) in result.output  # the original to unlearn instead
+
+
+def test_a_class_that_is_a_digit_only_to_unicode_is_one_line(tmp_path, tiny_class_pipeline):
+    result = invoke("unlearn", "redact", "--model", tiny_class_pipeline, "--prompts", "\u00b2", "--reference", 1,
+                    "--no-evaluate", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "unknown class" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_redact_without_evaluation_says_so(tmp_path, tiny_class_pipeline):
+    result = invoke("unlearn", "redact", "--model", tiny_class_pipeline, "--prompts", 7, "--reference", 1,
+                    "--no-evaluate", "--out", tmp_path / "r")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "(not evaluated)" in text and "no oracle mapping" not in text, result.output
+
+
+def test_resume_of_a_state_that_forgot_another_concept_is_refused(tmp_path, tiny_class_pipeline):
+    from guardgen.models import load_model
+    from unlearn import UNLEARN
+
+    out = tmp_path / "r"
+    pipe = load_model(str(tiny_class_pipeline))
+
+    def stop(step, logs):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        UNLEARN.create("sfd", iterations=4, checkpoint_every=1, batch_size=4, device="cpu").fit(
+            pipe, forget=[7], retain=[0, 1, 2], override=[1], callback=stop, out=out)
+    (out / ".guardgen").touch()
+    result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 3, "--override", 1, "--iterations", 4,
+                    "--set", "checkpoint_every=1", "--set", "batch_size=4", "--no-evaluate", "--device", "cpu", "--out", out,
+                    "--resume")
+    assert result.exit_code == 2 and "the interrupted run used other settings (forget, retain)" in result.output, result.output
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(model_args=[1, 2]), "'model_args' must be an object"),
+    (lambda c: c["model_args"].update(foo=1), "model_args do not build guardgen_digitnet"),
+    (lambda c: c["model_args"].update(num_classes=-1), "model_args do not build guardgen_digitnet"),
+    (lambda c: c.update(architecture=5), "'architecture' must be a timm model name"),
+    (lambda c: c["model_args"].update(num_classes=3), "size mismatch for head.weight"),
+])
+def test_a_damaged_classifier_config_is_one_line(tmp_path, change, message):
+    import shutil
+
+    from guardgen.zoo import zoo_path
+
+    folder = tmp_path / "oracle"
+    shutil.copytree(zoo_path("mnist-oracle"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    (tmp_path / "fs.json").write_text("[0, 1, 2]")
+    result = invoke("unlearn", "evaluate", "--model", folder, "--method", "ft", "--forget-set", tmp_path / "fs.json",
+                    "--no-retrain", "--epochs", 1, "--max-samples", 50, "--device", "cpu")
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_gan_without_discriminator_is_refused_before_training(tmp_path):
+    import shutil
+
+    from guardgen.zoo import zoo_path
+
+    folder = tmp_path / "gan"
+    shutil.copytree(zoo_path("mnist-gan"), folder)
+    (folder / "discriminator.safetensors").unlink()
+    result = invoke("unlearn", "concept", "--model", folder, "--forget", 7, "--no-evaluate", "--out", tmp_path / "r",
+                    "--device", "cpu")
+    assert result.exit_code == 2 and "holds no discriminator" in result.output, result.output
+    assert "adapt_then_unlearn ━" not in result.output

@@ -176,3 +176,39 @@ def test_a_run_stopped_in_its_evaluation_keeps_the_search(tmp_path, monkeypatch)
     assert run["indices.json"]["indices"] == ref["indices.json"]["indices"]
     assert run["metrics.json"]["history"] == ref["metrics.json"]["history"]
     assert run["metrics.json"]["evaluation"]["ua"] == ref["metrics.json"]["evaluation"]["ua"]
+
+
+def test_resume_refuses_another_commands_state_and_another_method(tmp_path):
+    out = tmp_path / "wc"
+    (out / "training_state").mkdir(parents=True)
+    (out / ".guardgen").touch()
+    (out / "training_state" / "state.json").write_text('{"step": 3, "extra": {}}')  # an unlearning loop's state
+    args = ("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 5, "--iterations", 3, "--inner-steps", 1,
+            "--no-evaluate", "--max-samples", 60, "--device", "cpu", "--out", out, "--resume")
+    result = invoke(*args)
+    assert result.exit_code == 2 and "not a saved worst-case search" in result.output, result.output
+    assert "Traceback" not in result.output
+
+    from attacks.worst_case_forget import WorstCaseForget
+    from guardgen.cli.attack import classifier_method
+
+    def stop(step, logs):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    train, _ = classifier_data("mnist", 16, 60)
+    search = WorstCaseForget(size=5, iterations=3, inner_steps=1, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        search.fit(load_model("zoo:mnist-oracle", kind="classifier"), (train.images, train.labels),
+                   method=classifier_method("ft", {"device": "cpu"}), callback=stop, state_dir=out / "training_state")
+    result = invoke(*args, "--method", "salun")
+    assert result.exit_code == 2 and "other settings (method)" in result.output, result.output
+    result = invoke(*args)
+    assert result.exit_code == 0 and "nothing to resume" not in result.output, result.output
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path):
+    result = invoke("attack", "worst-case-forget", "--model", "zoo:mnist-oracle", "--size", 5, "--iterations", 1,
+                    "--inner-steps", 1, "--no-evaluate", "--max-samples", 60, "--device", "cpu", "--out", tmp_path / "typo",
+                    "--resume")
+    assert result.exit_code == 0 and "nothing to resume" in result.output, result.output

@@ -124,3 +124,29 @@ def test_a_folder_given_for_a_file_and_an_unwritable_place_are_named(tmp_path):
     with pytest.raises(OSError) as err:  # /proc takes no new files, even for root
         save_json({"a": 1}, "/proc/guardgen-test.json")
     assert err.value.filename == "/proc"
+
+
+def test_check_out_refuses_a_place_it_cannot_write_or_that_overlaps_an_input(tmp_path):
+    from guardgen.checkpoint import check_out
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "file").write_text("x")
+    check_out(tmp_path / "new" / "run", {"--model": model})  # fine: nothing is made
+    assert not (tmp_path / "new").exists()
+    for out, message in [(tmp_path / "file" / "run", "is a file, not a folder"),
+                         (model, "the same folder as --model"),
+                         (tmp_path, "holds --model"),
+                         (model / "run", "inside --model")]:
+        with pytest.raises(GuardgenError, match=message):
+            check_out(out, {"--model": model})
+    (tmp_path / "link").symlink_to(model)
+    with pytest.raises(GuardgenError, match="the same folder as --model"):
+        check_out(tmp_path / "link", [("--model", model)])
+
+
+def test_fingerprint_tells_models_apart():
+    from guardgen.checkpoint import fingerprint
+
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert fingerprint(a) == fingerprint(a) != fingerprint(b)

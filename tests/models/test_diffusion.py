@@ -112,3 +112,41 @@ def test_ddim_sample_is_the_deterministic_ddim_update_under_guidance(tiny_class_
     assert torch.equal(hooked, ours) and calls == [x_T.shape] * 2  # run() evaluates every noise prediction
     with torch.no_grad():
         assert not torch.allclose(ddim_sample(unet, sched, x_T, c, null, 1.0, timesteps=sched.timesteps[1:3]), ours, atol=1e-3)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("no_unet", "model_index.json names a unet (UNet2DModel), but there is no unet/ folder"),
+    ("no_scheduler", "there is no scheduler/ folder"),
+    ("index_list", "model_index.json: expected a JSON object naming the pipeline's parts, found a list"),
+    ("config_list", "config.json: expected a JSON object of settings, found a list"),
+    ("no_weights", "no weights (a .safetensors file) beside its config.json"),
+])
+def test_a_damaged_pipeline_folder_is_one_line_without_asking_the_hub(tiny_class_pipeline, damage, message):
+    import shutil
+    import time
+
+    folder = tiny_class_pipeline
+    if damage == "no_unet":
+        shutil.rmtree(folder / "unet")
+    elif damage == "no_scheduler":
+        shutil.rmtree(folder / "scheduler")
+    elif damage == "index_list":
+        (folder / "model_index.json").write_text("[1]")
+    elif damage == "config_list":
+        (folder / "unet" / "config.json").write_text("[1, 2]")
+    else:
+        for path in (folder / "unet").glob("*.safetensors"):
+            path.unlink()
+    t0 = time.perf_counter()
+    with pytest.raises(GuardgenError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_model(str(folder))
+    assert time.perf_counter() - t0 < 5  # diffusers asked the hub for a missing part, with retries (30 s)
+
+
+@pytest.mark.parametrize("run,message", [("[1]", "run.json: expected a JSON object"),
+                                         ('"x"', "run.json: expected a JSON object"),
+                                         ('{"model_path": 5}', "'model_path' must name the run's model subfolder")])
+def test_a_run_record_that_is_not_an_object_is_one_line(tiny_class_pipeline, run, message):
+    (tiny_class_pipeline / "run.json").write_text(run)
+    with pytest.raises(GuardgenError, match=message):
+        resolve(str(tiny_class_pipeline))

@@ -127,3 +127,18 @@ def test_sample_gan_unconditional_refuses_labels():
     g, _, _, _ = _pair("dcgan")
     with pytest.raises(GuardgenError, match="unconditional"):
         sample_gan(g.eval(), 2, class_labels=0)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(gan=[1]), "has a 'gan' entry that is a list, not an object"),
+    (lambda c: c["gan"].pop("architecture"), "'gan' names no architecture"),
+    (lambda c: c["gan"]["generator_args"].update(latent_dim=-3), "bad generator_args for 'dcgan'"),
+])
+def test_a_damaged_gan_config_is_one_line(tmp_path, change, message):
+    g, d, g_args, d_args = _pair("dcgan")
+    folder = save_gan(tmp_path / "gan", g, d, architecture="dcgan", generator_args=g_args, discriminator_args=d_args)
+    config = load_json(folder / "config.json")
+    change(config)
+    save_json(config, folder / "config.json")
+    with pytest.raises(GuardgenError, match=message):
+        load_gan(folder)

@@ -168,3 +168,14 @@ def test_interrupted_t2i_build_resumes_to_the_same_unet(tmp_path):
     build_t2i(T2IConfig(**{**kw, "seed": 1}), tmp_path / "other")
     other = load_safetensors(tmp_path / "other" / unet)
     assert not all(torch.allclose(w1[k], other[k], atol=1e-6) for k in w1)  # the check can tell builds apart
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"exclude": (11,)}, "exclude names class 11"),
+    ({"exclude": (-1,)}, "exclude names class -1"),
+    ({"batch_size": 100_000}, "batch_size 100000 is more than the 4000 training images"),
+    ({"exclude": tuple(range(9)), "batch_size": 401}, "more than the 400 training images left by exclude"),
+])
+def test_settings_a_build_cannot_use_are_refused_before_training(overrides, message):
+    with pytest.raises(GuardgenError, match=message):
+        zoo.settings("mnist-oracle", overrides)
