@@ -225,15 +225,26 @@ def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
                 "with `guardgen convert FILE` (which reads it with torch.load(weights_only=True))"
             )
         if not path.is_file():
-            raise GuardgenError(f"{path}: a folder, not a .safetensors file" if path.is_dir() else f"{path}: no such weight file")
+            raise GuardgenError(f"{path}: a folder, not a weight file" if path.is_dir() else f"{path}: no such weight file")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            import warnings
+
+            with warnings.catch_warnings():  # a sparse tensor is refused below, in one line
+                warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any failure here is a bad file
             raise GuardgenError(f"{path}: cannot be read safely ({err.__class__.__name__})") from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise GuardgenError(f"{path}: does not hold a flat state dict of tensors")
+        named = next((k for k in obj if not isinstance(k, str)), None)
+        if named is not None:
+            raise GuardgenError(f"{path}: a state dict's keys are parameter names; this one has the key {named!r}")
+        odd = next((k for k, v in obj.items() if v.layout != torch.strided or v.is_meta), None)
+        if odd is not None:
+            what = "a meta tensor (no data)" if obj[odd].is_meta else f"a {obj[odd].layout} tensor"
+            raise GuardgenError(f"{path}: {odd!r} is {what}; only dense tensors with data can be saved as safetensors")
         return obj
     raise GuardgenError(f"{path}: unknown weight format {path.suffix!r}; expected .safetensors")
 

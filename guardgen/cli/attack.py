@@ -249,6 +249,15 @@ def evade(
                     *(("--detector", p) for p in [*detector, *black_box] if Path(p).exists())], replaces=False)
     if attribute is not None and reference is not None:
         raise GuardgenError("pass --attribute or --reference, not both")
+    seen: dict = {}
+    for p in detector:
+        key = Path(p).resolve()
+        if key in seen:
+            raise GuardgenError(f"--detector {p}: given twice (as {seen[key]}); each white-box detector is attacked once")
+        seen[key] = p
+    if mode == "meta" and len(detector) < 2:
+        raise GuardgenError("--mode meta needs at least 2 --detector (meta-train and meta-test); pass another, or use "
+                            "--mode single")
     runner = LatentEvasion(mode=mode, steps=steps, lr=lr, inner_lr=inner_lr, candidates=candidates, restarts=restarts,
                            layers=layers, attribute_weight=attribute_weight, reg_weight=reg_weight, seed=seed)
     runner._validate_params()

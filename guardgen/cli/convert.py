@@ -16,7 +16,7 @@ def convert(
     to: Annotated[Optional[Path], typer.Option("--to", help="The .safetensors file to write.", show_default="WEIGHTS with .safetensors")] = None,
 ) -> None:
     """Convert a pickled state dict to .safetensors, read with torch.load(weights_only=True) (tensors only, no code)."""
-    from guardgen.checkpoint import PICKLE_SUFFIXES, load_state_dict, save_safetensors
+    from guardgen.checkpoint import PICKLE_SUFFIXES, check_out, load_state_dict, save_safetensors
     from guardgen.errors import GuardgenError
 
     if weights.suffix not in PICKLE_SUFFIXES:
@@ -26,6 +26,7 @@ def convert(
         raise GuardgenError(f"--to {to}: the output must end in .safetensors")
     if to.exists():
         raise GuardgenError(f"{to} exists; pass another --to (nothing is overwritten)")
+    check_out(to.parent, option="--to")  # a file on its path: one line, not mkdir's "File exists"
     state = load_state_dict(weights, allow_pickle=True)
     if not state:
         raise GuardgenError(f"{weights}: holds no tensors; nothing to convert")

@@ -39,6 +39,8 @@ def folder_kind(folder: Path) -> str:
                 return "classifier"
             if str(config.get("_class_name", "")).startswith(("UNet", "Autoencoder", "VQ", "Transformer")):
                 return "diffusion-model"
+            if "detector" in config:  # guardgen's own detector folders are read by the commands that take --detector
+                raise GuardgenError(f"{folder}: a guardgen detector, not a model; pass it where a --detector is asked for")
     run = run_record(folder)
     if run is not None:
         model = run.get("model_path")

@@ -239,3 +239,20 @@ def test_zoo_show_and_build_refuse_an_out_they_cannot_use(tmp_path, tiny_class_p
     assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
     result = invoke("zoo", "build", "mnist-oracle", "--set", "exclude=[11]", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "exclude names class 11" in result.output, result.output
+
+
+def test_convert_refuses_what_safetensors_cannot_hold_in_one_line(tmp_path):
+    import torch
+
+    torch.save({1: torch.ones(2)}, tmp_path / "intkey.pt")
+    torch.save({"s": torch.ones(2, 2).to_sparse()}, tmp_path / "sparse.pt")
+    torch.save({"m": torch.empty(2, device="meta")}, tmp_path / "meta.pt")
+    (tmp_path / "dir.pt").mkdir()
+    (tmp_path / "file").write_text("x")
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    for args, message in [(["intkey.pt"], "keys are parameter names"), (["sparse.pt"], "is a torch.sparse_coo tensor"),
+                          (["meta.pt"], "is a meta tensor"), (["dir.pt"], "a folder, not a weight file"),
+                          (["ok.pt", "--to", tmp_path / "file" / "x.safetensors"], "is a file, not a folder")]:
+        result = invoke("convert", tmp_path / args[0], *args[1:])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+        assert "Warning" not in result.output

@@ -100,3 +100,13 @@ def test_detect_train_omat_against_latent_attacks(tmp_path):
     assert result.exit_code == 0, result.output
     log = json.loads((out / "config.json").read_text())["omat"]["attack_log"]
     assert [entry["source"] for entry in log] == ["gan 0"]
+
+
+def test_evade_refuses_a_detector_twice_meta_with_one_and_a_detector_as_classifier(dets, tmp_path):
+    base = ("attack", "evade", "--generator", "zoo:mnist-gan", "--n", 2, "--steps", 1, "--candidates", 2, "--out", tmp_path / "r")
+    for extra, message in [(("--detector", dets / "d16", "--detector", f"{dets}/./d16", "--mode", "meta"), "given twice"),
+                           (("--detector", dets / "d16", "--mode", "meta"), "--mode meta needs at least 2 --detector"),
+                           (("--detector", dets / "d16", "--classifier", dets / "d8"), "a guardgen detector, not a model")]:
+        result = invoke(*base, *extra)
+        assert result.exit_code == 2 and message in text(result) and "Traceback" not in result.output, result.output
+        assert "latent evasion" not in result.output  # before any work
