@@ -94,12 +94,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_out(out: str | os.PathLike, inputs: dict | list[tuple[str, Any]] | None = None, option: str = "--out", *,
-              replaces: bool = True) -> None:
+def check_out(out: str | os.PathLike | None, inputs: dict | list[tuple[str, Any]] | None = None, option: str = "--out", *,
+              replaces: bool = True, data: dict | None = None) -> None:
     """Refuse, before any work, an output folder that cannot be made (a file on its path, a folder that is not
-    writable) or that overlaps an input: the same folder, or, where the result replaces its ``--out`` as a whole
-    (``replaces``), a folder holding the input (replaced with it) or inside it. ``inputs`` maps a name ("--model")
-    to its path (None: unused), as a dict or (name, path) pairs."""
+    writable) or that overlaps an input.
+
+    ``inputs`` maps a name ("--model") to its path (None: unused), as a dict or (name, path) pairs: ``out`` may not be
+    that folder, nor, where the result replaces its ``--out`` as a whole (``replaces``), hold it or lie inside it.
+    ``data`` maps a name ("--real") to the image folders the command reads (a path, a spec or a list; what is not a
+    folder is passed over): ``out`` may not be one or lie inside one even when nothing is replaced, since a later read
+    of the folder would take the run's files for images. ``out=None`` (nothing written) passes.
+    """
+    if out is None:
+        return
     out = Path(out)
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists() or p.is_symlink())
     if existing.is_symlink() and not existing.exists():
@@ -109,19 +116,23 @@ def check_out(out: str | os.PathLike, inputs: dict | list[tuple[str, Any]] | Non
     if not os.access(existing, os.W_OK | os.X_OK):
         raise GuardgenError(f"{option} {out}: {existing} is not writable")
     target = out.resolve()
-    for name, path in (inputs.items() if isinstance(inputs, dict) else inputs or ()):
+    pairs = [(name, path, False) for name, path in (inputs.items() if isinstance(inputs, dict) else inputs or ())]
+    for name, paths in (data or {}).items():
+        for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if path is not None and str(path) and Path(path).is_dir():
+                pairs.append((name, path, True))
+    for name, path, read in pairs:
         if path is None:
             continue
         given = Path(path).resolve()
         if given == target:
             raise GuardgenError(f"{option} {out}: the same folder as {name}; the results would be written into it, "
                                 "so pass another folder")
-        if not replaces:
-            continue
-        if target in given.parents:
+        if (replaces or read) and given in target.parents:
+            why = "a later read of it would take the run's files for images" if read else "pass a folder outside it"
+            raise GuardgenError(f"{option} {out}: inside {name} ({path}); {why}")
+        if replaces and target in given.parents:
             raise GuardgenError(f"{option} {out}: holds {name} ({path}), which the result would replace; pass another folder")
-        if given in target.parents:
-            raise GuardgenError(f"{option} {out}: inside {name} ({path}); pass a folder outside it")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -48,6 +48,10 @@ def guarded(fn: Callable) -> Callable:
             fail(f"--out {out}: a folder guardgen did not write, and not empty; pass a new or empty folder "
                  "(a run's result replaces its --out)")
         try:
+            if owned:  # a file on its path, or a folder it cannot write: refused before the run, not at its end
+                from guardgen.checkpoint import check_out
+
+                check_out(out)
             if isinstance(kwargs.get("device"), str):
                 from guardgen.utils import check_device
 
@@ -94,8 +98,11 @@ def progress_callback(description: str, total: int | None = None, keys: tuple[st
         try:
             yield callback
         except GuardgenError:
-            if not stepped:  # refused before the first step: the error line alone, not an empty bar above it
+            if not stepped:  # refused before the first step: the error line alone, not an empty bar (or line) above it
                 progress.update(task, visible=False)
+                progress.live.transient = True
+                progress.live.stop()
+                progress.disable = True  # Progress.stop would print a blank line on a non-interactive console
             raise
 
 

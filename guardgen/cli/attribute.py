@@ -105,12 +105,11 @@ def fit(
 ) -> None:
     """Train closed-set attribution on the seen sources (and discover in --unlabeled if given)."""
     from detectors.attribution import OpenWorldAttribution
+    from guardgen.checkpoint import check_out
     from guardgen.data import load_image_folder
     from guardgen.errors import GuardgenError
 
-    from guardgen.data.folders import check_out_outside
-
-    check_out_outside(out, data=data, unlabeled=unlabeled, source=[i.split("=", 1)[-1].strip() for i in source])
+    check_out(out, data={"--data": data, "--unlabeled": unlabeled, "--source": [i.split("=", 1)[-1].strip() for i in source]})
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     model = configure(OpenWorldAttribution, params)
     folders = 0 if data is None or not data.is_dir() else sum(1 for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -184,16 +183,14 @@ def predict(
     import torch
 
     from detectors.attribution import OpenWorldAttribution
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
     from guardgen.data import load_image_folder
 
     from guardgen.errors import GuardgenError
-
-    from guardgen.data.folders import check_out_outside
-
     if images_dir is not None and (data is not None or source):
         raise GuardgenError("--images attributes a folder of unknown source; give it alone, without --data or --source")
-    check_out_outside(out, data=data, images=images_dir, source=[i.split("=", 1)[-1].strip() for i in source])
+    check_out(out, replaces=False, data={"--data": data, "--images": images_dir,
+                                         "--source": [i.split("=", 1)[-1].strip() for i in source]})
     model = OpenWorldAttribution.from_pretrained(model_dir)
     files = None
     if images_dir is not None:

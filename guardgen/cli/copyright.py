@@ -34,14 +34,13 @@ def shard(
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """Split a dataset into disjoint shards with every protected work and its near-duplicates in one shard."""
+    from guardgen.checkpoint import check_out
     from guardgen.copyright import (Shards, check_labels, load_protected, plan_given_shards, save_shards, shard_dataset,
                                     with_copies)
     from guardgen.data import ImageSet, load_image_set, load_mnist
     from guardgen.errors import GuardgenError
 
-    from guardgen.data.folders import check_out_outside
-
-    check_out_outside(out, data=data, from_shard=from_shard)
+    check_out(out, data={"--data": data, "--from-shard": from_shard})
     if shards < 2 and not from_shard:
         raise GuardgenError(f"--shards {shards}: NAF needs at least 2 shards")
     if from_shard and (copies or data != "mnist" or shards not in (2, len(from_shard))):  # 2: the default of --shards

@@ -188,15 +188,13 @@ def train(
 
     from detectors.detector import Detector
     from detectors.omat import OMAT
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
     from guardgen.errors import GuardgenError
     from guardgen.utils import model_device
 
-    from guardgen.data.folders import check_out_outside
-
     if not 0 < val_fraction < 1:
         raise GuardgenError("--val-fraction must lie strictly between 0 and 1")
-    check_out_outside(out, real=real, fake=fake)
+    check_out(out, data={"--real": real, "--fake": fake})
     if not omat and (generator or latent_generator):
         raise GuardgenError("--generator and --latent-generator choose what OMAT attacks; add --omat, or drop them")
     params = dict(backbone=backbone, mode=mode, pretrained_file=pretrained_file, input_size=input_size, resize=resize,
@@ -298,12 +296,10 @@ def eval_(
 
     from detectors.detector import Detector
     from detectors.evaluate import evaluate_generators, format_control, robustness_grid
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
     from guardgen.errors import GuardgenError
 
-    from guardgen.data.folders import check_out_outside
-
-    check_out_outside(out, real=real, heldout_real=heldout_real, fake=fake)
+    check_out(out, replaces=False, data={"--real": real, "--heldout-real": heldout_real, "--fake": fake})
     det = Detector.from_pretrained(detector)
     kw = {"n": n, "resolution": resolution, "steps": sample_steps, "seed": seed}
     real_x = torch.cat(list(_load_many([real], "real", **kw).values()))

@@ -23,7 +23,7 @@ import torch
 from guardgen.data.shipped import ImageSet, resize
 from guardgen.errors import GuardgenError
 
-__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "MixedSizes", "check_out_outside", "load_image_folder", "ImageFolderDataset", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "MixedSizes", "load_image_folder", "ImageFolderDataset", "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUTS = ("auto", "binary", "per_source", "flat")
@@ -158,21 +158,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if self.resolution is not None:
             x = resize(x.unsqueeze(0), self.resolution)[0]
         return x, label
-
-
-def check_out_outside(out, **inputs) -> None:
-    """Refuse an output folder inside (or equal to) an input image folder: the next read of that folder would take
-    the run's files (adversarial images, a saved model) as data. ``inputs``: option name -> folder (or a spec)."""
-    if out is None:
-        return
-    target = Path(out).absolute().resolve()
-    for option, folder in inputs.items():
-        for f in ([folder] if isinstance(folder, (str, Path)) else list(folder or [])):
-            if f and Path(f).is_dir():
-                src = Path(f).absolute().resolve()
-                if target == src or src in target.parents:
-                    raise GuardgenError(f"--out {out} lies inside --{option.replace('_', '-')} {f}: a later read of "
-                                        f"{f} would find the run's files among its images; write --out elsewhere")
 
 
 def _check_args(resolution, channels, layout) -> None:

@@ -256,3 +256,36 @@ def test_convert_refuses_what_safetensors_cannot_hold_in_one_line(tmp_path):
         result = invoke("convert", tmp_path / args[0], *args[1:])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
         assert "Warning" not in result.output
+
+
+def test_an_error_before_the_first_step_is_the_only_line():
+    """A run refused inside a progress bar before its first step prints the error alone; after a step, the bar stays."""
+    import typer
+
+    from guardgen.cli._common import guarded, progress_callback
+    from guardgen.errors import GuardgenError
+
+    tiny = typer.Typer()
+
+    @tiny.command()
+    @guarded
+    def go(steps: int = 0) -> None:
+        with progress_callback("work") as callback:
+            for step in range(steps):
+                callback(step + 1, {"loss": 0.5})
+            raise GuardgenError("bad thing")
+
+    @tiny.command()
+    def other() -> None:
+        pass
+
+    result = runner.invoke(tiny, ["go"])
+    assert result.exit_code == 2 and result.output == "error: bad thing\n"
+    result = runner.invoke(tiny, ["go", "--steps", "1"])
+    assert result.exit_code == 2 and result.output.startswith("work") and result.output.endswith("error: bad thing\n")
+
+
+def test_an_out_under_a_file_is_refused_by_every_command_before_it_runs(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = invoke("detect", "eval", "--detector", tmp_path / "no-detector", "--out", tmp_path / "notes.txt" / "eval")
+    assert result.exit_code == 2 and "notes.txt is a file, not a folder" in " ".join(result.output.split())

@@ -228,4 +228,4 @@ def test_shard_reads_a_data_folder_of_mixed_sizes_at_resolution_and_refuses_out_
                     tmp_path / "data", "--resolution", 16, "--out", tmp_path / "shards")
     assert result.exit_code == 0, result.output
     assert_one_line_error(invoke("copyright", "shard", "--protected", "mnist-test:3", "--data", tmp_path / "data",
-                                 "--out", tmp_path / "data" / "shards"), "lies inside --data")
+                                 "--out", tmp_path / "data" / "shards"), "inside --data")

@@ -214,12 +214,15 @@ def test_a_flat_read_of_a_folder_of_subfolders_says_where_the_images_are(tmp_pat
 
 
 def test_out_inside_an_input_folder_is_refused(tmp_path):
-    from guardgen.data.folders import check_out_outside
+    """A run's --out may not be, or lie inside, an image folder it reads, even when it replaces nothing."""
+    from guardgen.checkpoint import check_out
 
     (tmp_path / "data").mkdir()
-    with pytest.raises(GuardgenError, match="lies inside --fake"):
-        check_out_outside(tmp_path / "data" / "run", real="mnist", fake=[str(tmp_path / "data")])
-    with pytest.raises(GuardgenError, match="lies inside --data"):
-        check_out_outside(tmp_path / "data", data=tmp_path / "data")
-    check_out_outside(tmp_path / "run", data=tmp_path / "data", real="mnist")  # beside it: fine
-    check_out_outside(None, data=tmp_path / "data")
+    with pytest.raises(GuardgenError, match="inside --fake .*take the run's files for images"):
+        check_out(tmp_path / "data" / "run", replaces=False, data={"--real": "mnist", "--fake": [str(tmp_path / "data")]})
+    with pytest.raises(GuardgenError, match="the same folder as --data"):
+        check_out(tmp_path / "data", data={"--data": tmp_path / "data"})
+    with pytest.raises(GuardgenError, match="holds --data"):  # the result would replace the data
+        check_out(tmp_path, data={"--data": tmp_path / "data"})
+    check_out(tmp_path, replaces=False, data={"--data": tmp_path / "data"})  # writes beside it: fine
+    check_out(tmp_path / "run", data={"--data": tmp_path / "data", "--real": "mnist", "--unused": None})
