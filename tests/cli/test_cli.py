@@ -287,5 +287,6 @@ def test_an_error_before_the_first_step_is_the_only_line():
 
 def test_an_out_under_a_file_is_refused_by_every_command_before_it_runs(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    result = invoke("detect", "eval", "--detector", tmp_path / "no-detector", "--out", tmp_path / "notes.txt" / "eval")
+    result = invoke("detect", "eval", "--detector", tmp_path / "no-detector", "--fake", "zoo:mnist-gan",
+                    "--out", tmp_path / "notes.txt" / "eval")
     assert result.exit_code == 2 and "notes.txt is a file, not a folder" in " ".join(result.output.split())
