@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ class LatentEvasionResult:
 class LatentEvasion:
     """``attack(generator, detectors, n, classifier=..., target=... | reference=...) -> LatentEvasionResult``."""
 
-    mode: str = "single"  # "single" | "ensemble" | "meta"
+    mode: Literal["single", "ensemble", "meta"] = "single"  # "single" | "ensemble" | "meta"
     steps: NonNegInt = 60  # Adam steps on the codes (the attack budget)
     lr: PositiveFloat = 0.05
     detector_weight: NonNegFloat = 1.0

@@ -36,6 +36,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def _form(method, attribute: str):
 @dataclass(kw_only=True)
 class WorstCaseForget:
     size: int  # m: samples (mode "data") or classes (mode "class") in the forget set
-    mode: str = "data"  # "data" | "class"
+    mode: Literal["data", "class"] = "data"  # "data" | "class"
     reverse: bool = False  # True: the easiest set to forget
     iterations: PositiveInt = 10  # upper-level steps
     inner_steps: NonNegInt | None = None  # lower-level sign-SGD steps per upper step, from the original each time (None: one pass)
@@ -96,7 +97,7 @@ class WorstCaseForget:
     harden_every: NonNegInt = 0  # also harden w to the top m every k iterations (0: only at the end)
     batch_size: PositiveInt = 256
     eval_per_class: PositiveInt = 32  # diffusion: images per class for the upper-level denoising loss
-    upper_signal: str = "loss"  # "loss" (the paper's); classifiers: "gap" (vs a held-out reference); diffusion: "ratio"
+    upper_signal: Literal["loss", "gap", "ratio"] = "loss"  # "loss" (the paper's); classifiers: "gap" (vs a held-out reference); diffusion: "ratio"
     reference_folds: int = 2  # upper_signal="gap": reference models, each holding out one fold of the selection units
     seed: int = 0
     device: str = "auto"

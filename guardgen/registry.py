@@ -204,6 +204,8 @@ def _type_name(hint) -> str:
         return _type_name(typing.get_args(hint)[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
     if hint in names:
         return names[hint]

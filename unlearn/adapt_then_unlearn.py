@@ -48,7 +48,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -283,7 +283,7 @@ class _GANUnlearnBase:
     lr_g: PositiveFloat = 5e-4
     lr_d: PositiveFloat = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
-    loss: str = "ns"  # "ns" or "hinge"
+    loss: Literal["ns", "hinge"] = "ns"  # "ns" or "hinge"
     threshold: float = 0.0  # for classifiers returning one score per image (paper: logit >= 0)
     feature_min_prob: UnitFloat = 0.0  # class classifiers: also p(forgotten) >= this shows the feature (0: argmax only)
     latent_dim: NonNegInt = 0  # 0: read generator.latent_dim
@@ -424,7 +424,7 @@ class AdaptThenUnlearn(_GANUnlearnBase):
     # "inverse" (IL2) | "negative" (NL2) | "exponential" (EL2). EL2 by default: its term is bounded, while NL2 rewards
     # distance without bound; on zoo:mnist-gan over seeds 0/1/2, NL2 left 0.0140 / 0.0540 / 0.0095 of 7s (FD 1.04 /
     # 3.45 / 1.52x) and EL2 0.0090 / 0.0110 / 0.0040 (FD 0.71 / 0.87 / 1.08x) (bench/results/gan-cpu*.json)
-    repulsion: str = "exponential"
+    repulsion: Literal["inverse", "negative", "exponential"] = "exponential"
     gamma: NonNegFloat | None = None  # None: the form's default (GAMMA_DEFAULTS: 1e-3 NL2, 1.0 IL2 and EL2; bench/gan.py)
     exp_scale: PositiveFloat = 100.0  # EL2's constant
     repulsion_scale: NonNegFloat = 0.0  # 0: auto, the power of ten that puts d at the start of stage 2 in [1, 10)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ class ESD:
     iterations: PositiveInt = 200
     batch_size: PositiveInt = 8
     ddim_steps: PositiveInt = 10  # the partial sampler that produces x_t
-    train: str = "all"  # "all" | "cross_attn" (ESD-x) | "non_cross_attn" (ESD-u)
+    train: Literal["all", "cross_attn", "non_cross_attn"] = "all"  # "all" | "cross_attn" (ESD-x) | "non_cross_attn" (ESD-u)
     checkpoint_every: PositiveInt = 50  # iterations between training states in out/training_state (with out=)
     seed: int = 0
     device: str = "auto"

@@ -21,7 +21,7 @@ import random
 import string
 import time
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class Redaction:
     """Hyperparameters: lambda (the redaction weight), the trainable part of the encoder and a short Adam run."""
     target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
 
-    variant: str = "full"  # "full" | "last_layers" | "lora"
+    variant: Literal["full", "last_layers", "lora"] = "full"  # "full" | "last_layers" | "lora"
     last_layers: PositiveInt = 2
     lora_rank: PositiveInt = 8
     lambda_redact: NonNegFloat = 1.0

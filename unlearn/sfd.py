@@ -41,7 +41,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, ClassVar, Sequence
+from typing import Annotated, ClassVar, Literal, Sequence
 
 import torch
 
@@ -89,7 +89,7 @@ class SFD:
     t_max: NonNegInt = 712
     teacher_guidance: NonNegFloat = 1.0  # classifier-free guidance of the teacher score
     forget_negative: NonNegFloat = 0.0  # forgotten rows: the teacher at the override, guided away from the concept by this weight
-    override: str = "fixed"  # "fixed" | "random" | "oracle"
+    override: Literal["fixed", "random", "oracle"] = "fixed"  # "fixed" | "random" | "oracle"
     grad_clip: PositiveFloat = 1.0
     warmup: NonNegInt = 100  # linear warm-up of the generator's learning rate, in iterations (at most a quarter of the run)
     fake_steps: PositiveInt = 1  # fake-score updates per generator update (SiD: 1; DMD2-style two time-scale: more)

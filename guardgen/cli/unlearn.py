@@ -84,7 +84,13 @@ def concept(
     if cls.target != "diffusion":
         raise GuardgenError(f"{method} unlearns {KINDS[cls.target]}; for a diffusion model use --method "
                             f"{', '.join(methods_for('diffusion'))}")
-    pipe = load_model(model, device=model_device(device))
+    params = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(set_)}
+    if iterations is not None:
+        params["iterations" if method != "retrain" else "steps"] = iterations
+    if override_mode:
+        params["override"] = override_mode
+    configure(cls, {k: v for k, v in params.items() if not (method == "retrain" and k == "iterations")}, name=method)
+    pipe = load_model(model, device=model_device(device))  # a bad setting was refused above, before this load
     if type(pipe).__name__ == "OneStepPipeline":
         source = (ref.run or {}).get("original_model")
         raise GuardgenError(f"{model}: a one-step generator distilled by SFD, not a diffusion model; {method} needs a "
@@ -93,11 +99,6 @@ def concept(
     cond = conditioning_for(pipe)
     judge = load_model(oracle, kind="classifier") if evaluate or override_mode == "oracle" else None
     plan = concept_plan(pipe, cond, forget=forget, override=override, retain=retain, expand=expand)
-    params = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(set_)}
-    if iterations is not None:
-        params["iterations" if method != "retrain" else "steps"] = iterations
-    if override_mode:
-        params["override"] = override_mode
     random_override = method == "sfd" and not override_mode and not plan["override"] and "override" not in params
     if random_override:
         params["override"] = "random"
@@ -172,12 +173,12 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
     params = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(sets)}
     if iterations is not None:
         params["unlearn_iterations"] = iterations
+    runner = configure(cls, params, name=method)  # a bad setting is refused before the GAN loads
     generator, discriminator = load_model(model, kind="gan", device=model_device(device))
     if discriminator is None:  # both GAN methods train adversarially: say so before the progress bar
         raise GuardgenError(f"{model}: holds no discriminator (discriminator.safetensors); {method} trains the GAN "
                             "adversarially and needs it")
     judge = load_model(oracle, kind="classifier")
-    runner = configure(cls, params, name=method)
     console.print(f"unlearning class(es) {classes} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
     note_fresh(out, resume)
     with progress_callback(method, keys=("loss_d", "loss_g", "reg")) as callback:
@@ -254,13 +255,13 @@ def redact(
         if not sep or not key.strip() or not value.strip():
             raise GuardgenError(f"--replace {rule!r}: expected KEY=VALUE, e.g. seven=one")
         rules[key.strip()] = value.strip()
-    pipe = load_model(model, device=model_device(device))
-    cond = conditioning_for(pipe)
-    plan = concept_plan(pipe, cond, forget=items, override=reference, expand=expand and cond.kind == "text", require_retain=False)
     params = {"seed": seed, "device": device, "variant": variant, "replace": rules, **parse_sets(set_)}
     if iterations is not None:
         params["iterations"] = iterations
-    runner = UNLEARN.create("redaction", **params)
+    runner = UNLEARN.create("redaction", **params)  # a bad setting is refused before the model loads
+    pipe = load_model(model, device=model_device(device))
+    cond = conditioning_for(pipe)
+    plan = concept_plan(pipe, cond, forget=items, override=reference, expand=expand and cond.kind == "text", require_retain=False)
     console.print(f"redacting {len(plan['forget'])} conditional(s) of [bold]{escape(model)}[/] -> {escape(str(reference))} ({variant})")
     if cond.kind != "class":  # a class model's redaction is an exact remap, with nothing to resume
         note_fresh(out, resume)

@@ -69,6 +69,22 @@ def test_bad_input(tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+@pytest.mark.parametrize("args,message", [
+    (("--method", "esd", "--set", "train=xx"), "setting train='xx': expected one of all, cross_attn, non_cross_attn"),
+    (("--override-mode", "xx"), "setting override='xx': expected one of fixed, random, oracle"),
+    (("--method", "esd", "--set", "lr=0"), "setting lr=0: must be > 0"),
+])
+def test_a_bad_setting_is_refused_before_the_model_loads(tmp_path, monkeypatch, args, message):
+    import guardgen.models
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(guardgen.models, "load_model", loaded)
+    result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, *args, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
 def test_out_that_is_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "r").write_text("keep me")
     result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--out", tmp_path / "r")
