@@ -392,11 +392,22 @@ def load_training_state(
     :func:`settings_record`), a state saved with other ``extra["settings"]`` is refused before anything is loaded."""
     folder = Path(folder)
     meta = load_json(folder / "state.json")
+    damaged = f"{folder}: a damaged training state (state.json is not one guardgen wrote); rerun without --resume"
+    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("extra", {}), dict)
+            and isinstance(meta.get("optimizers", {}), dict)):
+        raise GuardgenError(damaged)
     if settings is not None:
         check_resumable(meta.get("extra", {}).get("settings"), settings, folder)
     for name, module in modules.items():
-        module.load_state_dict(load_safetensors(folder / f"{name}.safetensors"))
+        try:
+            module.load_state_dict(load_safetensors(folder / f"{name}.safetensors"))
+        except RuntimeError as err:  # another model's weights: missing keys or other shapes
+            first = (str(err).strip().splitlines() or ["mismatch"])[0]
+            raise GuardgenError(f"{folder}: its {name} weights do not fit this model ({first}); rerun without "
+                                "--resume") from None
     for name, opt in (optimizers or {}).items():
+        if name not in meta.get("optimizers", {}):
+            raise GuardgenError(damaged)
         tensors = load_safetensors(folder / f"{name}.optim.safetensors")
         opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizers"][name]))
     rng = load_safetensors(folder / "rng.safetensors")

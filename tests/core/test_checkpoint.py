@@ -150,3 +150,17 @@ def test_fingerprint_tells_models_apart():
 
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     assert fingerprint(a) == fingerprint(a) != fingerprint(b)
+
+
+def test_a_damaged_or_foreign_training_state_is_one_line(tmp_path):
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.Adam(model.parameters())
+    save_training_state(tmp_path / "state", step=3, modules={"m": model}, optimizers={"o": opt})
+    with pytest.raises(GuardgenError, match="do not fit this model"):  # another model's weights
+        load_training_state(tmp_path / "state", modules={"m": torch.nn.Linear(5, 1)})
+    with pytest.raises(GuardgenError, match="a damaged training state"):  # an optimizer it never saved
+        load_training_state(tmp_path / "state", modules={"m": model}, optimizers={"other": opt})
+    for text in ("[1]", '{"extra": {}}', '{"step": "3"}'):
+        (tmp_path / "state" / "state.json").write_text(text)
+        with pytest.raises(GuardgenError, match="a damaged training state"):
+            load_training_state(tmp_path / "state", modules={"m": model})
