@@ -248,6 +248,9 @@ def load_data(spec: str | None, shape: tuple[int, int, int], *, exclude=(), opti
                             "size only") from None
     if len(train) == 0:
         raise GuardgenError(f"{option} {spec}: no readable images ({len(report.skipped)} skipped)")
+    if train.class_names == ["real", "fake"]:  # a detector's 0_real/1_fake folder: its fakes are no training members
+        raise GuardgenError(f"{option} {spec}: a real/fake folder (0_real, 1_fake); pass the model's training images "
+                            "alone, e.g. its 0_real folder")
     got = tuple(train.images.shape[1:])
     if got[1:] != (h, w):
         raise GuardgenError(f"{option} {spec}: images are {got[1]}x{got[2]} but the model makes {h}x{w}; "

@@ -141,7 +141,7 @@ def discover(
     clusters: Annotated[Optional[int], typer.Option(min=1, help="k of k-means per round.", show_default="the model's")] = None,
     rounds: Annotated[Optional[int], typer.Option(min=1, help="Discovery rounds.", show_default="the model's")] = None,
     online: Annotated[bool, typer.Option(help="Add the images to the model's pool (partial_fit) instead of replacing it.")] = False,
-    resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="keep")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="the model's")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to save the updated model.", show_default="MODEL_DIR")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:
@@ -149,6 +149,7 @@ def discover(
     from detectors.attribution import OpenWorldAttribution, discovery_metrics
 
     model = OpenWorldAttribution.from_pretrained(model_dir)
+    resolution = resolution or model.image_shape_[-1]  # the sources are read at the model's own size unless told otherwise
     images, labels, names = _load_sources(data, source, per_source, seed + 1_000, "test", resolution)
     if clusters is not None:
         model.n_clusters = clusters
@@ -175,7 +176,7 @@ def predict(
     source: SourceOpt = [],
     images_dir: Annotated[Optional[Path], typer.Option("--images", help="A folder of images of unknown source (flat).")] = None,
     per_source: PerSourceOpt = 200,
-    resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="keep")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="the model's")] = None,
     out: Annotated[Path, typer.Option(help="Folder for predictions.json.")] = Path("runs/attribute-predict"),
     seed: Annotated[int, typer.Option(min=0, help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:
@@ -185,16 +186,18 @@ def predict(
     from detectors.attribution import OpenWorldAttribution
     from guardgen.checkpoint import check_out, save_json
     from guardgen.data import load_image_folder
-
     from guardgen.errors import GuardgenError
+
     if images_dir is not None and (data is not None or source):
         raise GuardgenError("--images attributes a folder of unknown source; give it alone, without --data or --source")
     check_out(out, replaces=False, data={"--data": data, "--images": images_dir,
                                          "--source": [i.split("=", 1)[-1].strip() for i in source]})
     model = OpenWorldAttribution.from_pretrained(model_dir)
+    channels, size = model.image_shape_[0], model.image_shape_[-1]
+    resolution = resolution or size  # images are read at the model's own size unless told otherwise
     files = None
     if images_dir is not None:
-        folder, report = load_image_folder(images_dir, layout="flat", resolution=resolution)
+        folder, report = load_image_folder(images_dir, layout="flat", resolution=resolution, channels=channels)
         images, labels, names, files = folder.images, None, None, report.files
     else:
         images, labels, names = _load_sources(data, source, per_source, seed + 2_000, "test", resolution)

@@ -121,6 +121,16 @@ def test_training_data_of_mixed_sizes_names_no_option_the_audit_lacks(tmp_path, 
     assert "pass a resolution" not in result.output  # the audit has no such option
 
 
+def test_a_real_fake_folder_is_not_taken_as_training_data(tmp_path, tiny_class_pipeline):
+    from PIL import Image
+
+    for part in ("0_real", "1_fake"):
+        (tmp_path / "data" / part).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "data" / part / "0.png")
+    _one_line_exit_2(invoke("audit", tiny_class_pipeline, "--train-data", tmp_path / "data", "--out", tmp_path / "r"),
+                     "a real/fake folder (0_real, 1_fake)")
+
+
 def test_bad_settings(tmp_path, tiny_class_pipeline):
     _one_line_exit_2(invoke("audit", tiny_class_pipeline, "--set", "samples=3", "--out", tmp_path / "r"), "unknown audit setting")
     bad = tmp_path / "bad.json"

@@ -135,6 +135,17 @@ def test_attribute_fit_discover_predict(tmp_path, make_sources):
     assert result.exit_code == 0, result.output
     preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert len(preds["predictions"]) == 300 and preds["true"][0] == "gan-a"
+    # images of other sizes and colour formats are read at the model's own (8x8 gray)
+    from PIL import Image
+
+    (tmp_path / "odd").mkdir()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / "odd" / "big.png")
+    Image.new("L", (8, 8), 90).save(tmp_path / "odd" / "small.png")
+    result = runner.invoke(app, ["attribute", "predict", str(model), "--images", str(tmp_path / "odd"),
+                                 "--out", str(tmp_path / "pred-odd")])
+    assert result.exit_code == 0, result.output
+    preds = json.loads((tmp_path / "pred-odd" / "predictions.json").read_text())
+    assert len(preds["predictions"]) == 2 and [p.rsplit("/", 1)[-1] for p in preds["images"]] == ["big.png", "small.png"]
     # the default, transductive scorer from the CLI: fit, discover
     result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--out", str(tmp_path / "pu"), "--device", "cpu",
                                  *settings])
