@@ -87,7 +87,7 @@ def _form(method, attribute: str):
 @dataclass(kw_only=True)
 class WorstCaseForget:
     size: int  # m: samples (mode "data") or classes (mode "class") in the forget set
-    mode: Literal["data", "class"] = "data"  # "data" | "class"
+    mode: Literal["data", "class"] = "data"
     reverse: bool = False  # True: the easiest set to forget
     iterations: PositiveInt = 10  # upper-level steps
     inner_steps: NonNegInt | None = None  # lower-level sign-SGD steps per upper step, from the original each time (None: one pass)

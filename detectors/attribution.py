@@ -97,11 +97,11 @@ class OpenWorldAttribution:
     later_epochs: PositiveInt = 6  # later rounds, warm-started (paper: 100)
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 1e-3
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # "cosine" (to 0 over each round's epochs) | "constant"
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: to 0 over each round's epochs
     weight_decay: NonNegFloat = 1e-4
     class_weighted: bool = True
     calibration_split: SubUnitFloat = 0.2  # held out of the labelled images for OOD thresholds (0: the training set)
-    ood: Literal["pu", "wta", "msp", "energy", "knn"] = "pu"  # "pu" | "wta" (the paper's) | "msp" | "energy" | "knn"
+    ood: Literal["pu", "wta", "msp", "energy", "knn"] = "pu"  # wta: the paper's
     wta_permutations: PositiveInt = 2048
     wta_k: PositiveInt = 2
     wta_quantile: UnitFloat = 0.9
@@ -112,7 +112,7 @@ class OpenWorldAttribution:
     pu_c: PositiveFloat = 0.03  # pu: inverse L2 strength of the pool regression
     pu_iterations: PositiveInt = 3  # pu: cross-fitted self-training passes over the cluster members each round
     n_clusters: PositiveInt = 12  # k of k-means (paper: 500)
-    merge: Literal["strong", "weak"] = "strong"  # "strong" | "weak" connected components of the 1-NN centroid graph
+    merge: Literal["strong", "weak"] = "strong"  # connected components of the 1-NN centroid graph
     svm_min_fraction: UnitFloat = 0.5
     svm_min_members: NonNegInt = 20
     svm_c: PositiveFloat = 1.0

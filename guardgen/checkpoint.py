@@ -372,9 +372,13 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 
 def check_resumable(saved: dict | None, current: dict, where: str | os.PathLike) -> None:
-    """One line naming the settings that differ from the interrupted run's (``saved``: its ``settings_record``)."""
+    """One line naming the settings that differ from the interrupted run's (``saved``: its ``settings_record``); a
+    state that recorded other settings altogether (another method's or command's, an older version's) is refused as such."""
     if saved is None or saved == current:
         return
+    if not isinstance(saved, dict) or set(saved) != set(current):
+        raise GuardgenError(f"{where}: the interrupted run was another method's or command's, or an older guardgen's (it "
+                            "recorded other settings); start again without --resume, or use another --out")
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     raise GuardgenError(f"{where}: the interrupted run used other settings ({', '.join(changed)}); resume with its settings, "
                         "or start again without --resume")

@@ -120,9 +120,9 @@ def configure(cls: type[T], settings: dict, *, name: str = "") -> T:
 
 
 def check_settings(obj, *, name: str = "") -> None:
-    """Check every setting of a dataclass instance against its field's :class:`Range` (for objects built directly,
-    not through :func:`configure`; a method's ``fit`` calls it); a value out of range is a one-line :class:`GuardgenError`
-    that starts with ``name`` (the class's name by default)."""
+    """Check every setting of a dataclass instance against its field's :class:`Range` or ``Literal`` choices (for
+    objects built directly, not through :func:`configure`; a method's ``fit`` calls it); a value out of range is a
+    one-line :class:`GuardgenError` that starts with ``name`` (the class's name by default)."""
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in dataclasses.fields(obj):
         if f.init and not f.name.endswith("_"):
@@ -134,12 +134,16 @@ def check_settings(obj, *, name: str = "") -> None:
 
 
 def _check_ranges(value, hint) -> None:
-    """Raise _OutOfRange if ``value`` lies outside a Range of ``hint`` (looking inside X | None)."""
+    """Raise _OutOfRange if ``value`` lies outside a Range or a Literal's choices of ``hint`` (looking inside the
+    Annotated members of X | None)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
         for bound in (m for m in args[1:] if isinstance(m, Range)):
             if value not in bound:
                 raise _OutOfRange(str(bound))
+    elif origin is typing.Literal:
+        if value not in args:
+            raise _OutOfRange(_type_name(hint))
     elif origin in (typing.Union, types.UnionType) and value is not None:
         for arg in (a for a in args if typing.get_origin(a) is Annotated):
             _check_ranges(value, arg)

@@ -54,12 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guardgen.checkpoint import load_training_state, save_training_state
+from guardgen.checkpoint import fingerprint, load_training_state, save_training_state
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from guardgen.checkpoint import fingerprint
 from unlearn._resume import LoopState, method_settings, set_task
 
 __all__ = ["AdaptThenUnlearn", "GANFineTune", "REPULSIONS", "GAMMA_DEFAULTS", "repulsion_loss", "parameter_distance",
@@ -283,7 +282,7 @@ class _GANUnlearnBase:
     lr_g: PositiveFloat = 5e-4
     lr_d: PositiveFloat = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
-    loss: Literal["ns", "hinge"] = "ns"  # "ns" or "hinge"
+    loss: Literal["ns", "hinge"] = "ns"
     threshold: float = 0.0  # for classifiers returning one score per image (paper: logit >= 0)
     feature_min_prob: UnitFloat = 0.0  # class classifiers: also p(forgotten) >= this shows the feature (0: argmax only)
     latent_dim: NonNegInt = 0  # 0: read generator.latent_dim
@@ -440,8 +439,6 @@ class AdaptThenUnlearn(_GANUnlearnBase):
         ends); ``resume=True`` continues where the run stopped.
         """
         check_settings(self)
-        if self.repulsion not in REPULSIONS:
-            raise GuardgenError(f"unknown repulsion {self.repulsion!r}; use one of {', '.join(REPULSIONS)}")
         t0 = time.perf_counter()
         generator, discriminator, negatives, positives = self._prepare(gan, forget, classifier)
         total = (0 if adapted is not None else self.adapt_iterations) + self.unlearn_iterations
@@ -536,10 +533,10 @@ def evaluate_gan_unlearning(original: nn.Module, unlearned: nn.Module, oracle: n
     """Before/after figures on ``n`` samples each (same latents): share of samples the oracle labels as a
     forgotten class, FD (oracle features) and precision/recall to the real retained test digits."""
     from guardgen.data import save_grid
-    from guardgen.zoo.gan import load_mnist  # cached
     from guardgen.metrics import fd_from_features, precision_recall_knn
     from guardgen.models.classifier import classifier_features
     from guardgen.utils import predict_logits
+    from guardgen.zoo.gan import load_mnist  # cached
 
     forget = [int(f) for f in forget]
     real = load_mnist("test", resolution, tuple(forget))

@@ -176,7 +176,7 @@ def test_bad_input_is_one_clear_error():
         parse_attribute("digit 12", names)
     with pytest.raises(GuardgenError, match="not both"):
         LatentEvasion().attack(tiny_gan(), [Brightness(0.5)], 2, classifier=LeftRight(), target=1, reference=torch.zeros(1, 16, 16))
-    with pytest.raises(GuardgenError, match="unknown mode"):
+    with pytest.raises(GuardgenError, match="mode='maml': must be one of single"):
         LatentEvasion(mode="maml").attack(tiny_gan(), [Brightness(0.5)], 2)
 
 

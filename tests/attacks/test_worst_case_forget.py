@@ -196,7 +196,7 @@ def test_diffusion_class_wise_selection_follows_the_denoising_loss(tiny_class_pi
 @pytest.mark.parametrize("kw,message", [
     (dict(size=41), "between 1 and 39"),
     (dict(size=0), "between 1 and 39"),
-    (dict(size=3, mode="prompt"), "mode must be"),
+    (dict(size=3, mode="prompt"), "mode='prompt': must be one of data, class"),
     (dict(size=2, mode="class"), "between 1 and 1"),
 ])
 def test_bad_settings_are_one_line_errors(kw, message):

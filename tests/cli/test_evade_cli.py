@@ -75,7 +75,7 @@ def test_evade_reference_image(dets, tmp_path):
     (["--generator", "zoo:mnist-gan", "--attribute", "digit 12"], "unknown attribute 'digit 12'"),
     (["--generator", "zoo:mnist-oracle"], "no differentiable latent path"),
     (["--generator", "zoo:mnist-gan", "--attribute", "4", "--reference", "x.png"], "not both"),
-    (["--generator", "zoo:mnist-gan", "--mode", "maml"], "unknown mode"),
+    (["--generator", "zoo:mnist-gan", "--mode", "maml"], "one of single, ensemble, meta"),
 ])
 def test_evade_bad_input_is_one_line(dets, tmp_path, args, message):
     result = invoke("attack", "evade", "--detector", dets / "d16", "--n", 2, "--steps", 1, "--out", tmp_path / "x", *args)

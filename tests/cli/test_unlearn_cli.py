@@ -207,6 +207,10 @@ def test_resume_of_a_state_that_forgot_another_concept_is_refused(tmp_path, tiny
                     "--set", "checkpoint_every=1", "--set", "batch_size=4", "--no-evaluate", "--device", "cpu", "--out", out,
                     "--resume")
     assert result.exit_code == 2 and "the interrupted run used other settings (forget, retain)" in result.output, result.output
+    result = invoke("unlearn", "concept", "--model", tiny_class_pipeline, "--forget", 7, "--override", 1, "--method", "esd",
+                    "--iterations", 4, "--no-evaluate", "--device", "cpu", "--out", out, "--resume")
+    assert result.exit_code == 2 and "was another method's" in result.output, result.output
+    assert (out / "training_state" / "state.json").is_file()  # SFD's state is kept
 
 
 @pytest.mark.parametrize("change,message", [

@@ -164,3 +164,15 @@ def test_a_damaged_or_foreign_training_state_is_one_line(tmp_path):
         (tmp_path / "state" / "state.json").write_text(text)
         with pytest.raises(GuardgenError, match="a damaged training state"):
             load_training_state(tmp_path / "state", modules={"m": model})
+
+
+def test_a_resume_names_the_changed_settings_or_says_the_state_is_another_runs(tmp_path):
+    model = torch.nn.Linear(4, 1)
+    save_training_state(tmp_path / "state", step=3, modules={"m": model}, extra={"settings": {"lr": 0.1, "steps": 5}})
+    step, _ = load_training_state(tmp_path / "state", modules={"m": model}, settings={"lr": 0.1, "steps": 5})
+    assert step == 3
+    with pytest.raises(GuardgenError, match=r"used other settings \(lr\)"):
+        load_training_state(tmp_path / "state", modules={"m": model}, settings={"lr": 0.2, "steps": 5})
+    with pytest.raises(GuardgenError, match="was another method's or command's, or an older") as err:  # not a list of every key
+        load_training_state(tmp_path / "state", modules={"m": model}, settings={"alpha": 1.2, "steps": 5})
+    assert "alpha" not in str(err.value)

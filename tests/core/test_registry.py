@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pytest
 
@@ -61,6 +61,7 @@ class _Bounded:
     threshold: OpenUnitFloat = 0.5
     folds: Annotated[int, Range(2)] = 2
     limit: PositiveInt | None = None
+    mode: Literal["fast", "slow"] = "fast"
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -74,6 +75,7 @@ class _Bounded:
     ({"folds": 1}, "setting folds=1: must be >= 2"),
     ({"limit": 0}, "setting limit=0: must be >= 1"),
     ({"limit": "x"}, "setting limit='x': expected a whole number or null"),
+    ({"mode": "medium"}, "setting mode='medium': expected one of fast, slow"),
 ])
 def test_configure_refuses_values_out_of_range(settings, message):
     with pytest.raises(GuardgenError) as err:
@@ -91,6 +93,8 @@ def test_check_settings_catches_an_object_built_directly():
     check_settings(_Bounded())
     with pytest.raises(GuardgenError, match=r"^sfd-like: setting share=-0.1: must be in \[0, 1\]$"):
         check_settings(_Bounded(share=-0.1), name="sfd-like")
+    with pytest.raises(GuardgenError, match=r"^sfd-like: setting mode='medium': must be one of fast, slow$"):
+        check_settings(_Bounded(mode="medium"), name="sfd-like")
 
 
 def test_every_registered_method_and_zoo_config_keeps_its_own_ranges():

@@ -161,7 +161,7 @@ def test_mismatched_pair_is_refused():
         AdaptThenUnlearn(device="cpu").fit((TinyG(), TinyD(pixels=25)), classifier=bright_corner)
     with pytest.raises(GuardgenError, match="needs the GAN's discriminator"):
         GANFineTune(device="cpu").fit((TinyG(), None), classifier=bright_corner)
-    with pytest.raises(GuardgenError, match="unknown repulsion"):
+    with pytest.raises(GuardgenError, match="repulsion='cubic': must be one of inverse"):
         AdaptThenUnlearn(repulsion="cubic", device="cpu").fit((TinyG(), TinyD()), classifier=bright_corner)
     with pytest.raises(GuardgenError, match="feature_min_prob"):
         GANFineTune(feature_min_prob=1.5, device="cpu").fit((TinyG(), TinyD()), classifier=bright_corner)

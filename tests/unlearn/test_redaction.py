@@ -96,7 +96,7 @@ def test_keyword_rules():
     ({}, {"forget": ["a cat"], "override": []}, "needs a reference"),
     ({}, {"forget": ["a cat"], "override": ["a cat"]}, "is itself redacted"),
     ({"replace": {"cat": "dog"}}, {"forget": ["a cat"], "override": ["a cat sitting"]}, "contains a redacted keyword"),
-    ({"variant": "half"}, {"forget": ["a cat"], "override": ["a dog"]}, "variant must be"),
+    ({"variant": "half"}, {"forget": ["a cat"], "override": ["a dog"]}, "variant='half': must be one of full, last_layers, lora"),
 ])
 def test_bad_input(tiny_sd_pipeline, kwargs, fit, message):
     pipe = load_model(str(tiny_sd_pipeline))
