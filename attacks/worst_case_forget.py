@@ -104,9 +104,8 @@ class WorstCaseForget:
     history_: list = field(default_factory=list, init=False, repr=False)
 
     def check_size(self, n: int, what: str) -> None:
-        """One-line error unless the mode is known and 1 <= size < n (``n`` samples or classes)."""
-        if self.mode not in ("data", "class"):
-            raise GuardgenError(f"worst-case forget mode must be 'data' or 'class', not {self.mode!r}")
+        """One-line error unless the settings are valid and 1 <= size < n (``n`` samples or classes)."""
+        check_settings(self)
         if not 1 <= self.size < n:
             raise GuardgenError(f"forget-set size {self.size} must be between 1 and {n - 1}: the data has {n} {what}")
         if self.iterations < 1 or (self.inner_steps is not None and self.inner_steps < 0):
@@ -152,7 +151,7 @@ class WorstCaseForget:
 
     def set_task(self, model: nn.Module, method, reference=None) -> None:
         """Record the model searched and the methods used (lower level, ``reference``), which a resume must share
-        with the interrupted search as it shares the settings; :meth:`fit` calls it (before :meth:`load_result`, call it)."""
+        with the interrupted search as it shares the settings; :meth:`fit` and :meth:`load_result` call it."""
         def describe(obj):
             if obj is None:
                 return None
@@ -287,8 +286,11 @@ class WorstCaseForget:
             save_json({"search_seconds": self.search_seconds_, "history": self.history_,
                        "settings": self._settings()}, tmp / "result.json")
 
-    def load_result(self, folder: str | Path, num_samples: int) -> "WorstCaseForget":
-        """The search :meth:`save_result` kept, refused if it ran under other settings or over data of another size."""
+    def load_result(self, folder: str | Path, num_samples: int, *, model: nn.Module, method,
+                    reference=None) -> "WorstCaseForget":
+        """The search :meth:`save_result` kept, refused if it ran under other settings, on another ``model``, with
+        other ``method``/``reference`` (as passed to :meth:`fit`) or over data of another size."""
+        self.set_task(model, method, reference)
         meta, tensors = self._read_saved(Path(folder), "result", "result", "losses_", num_samples)
         for k in self._RESULT:
             setattr(self, k, tensors.get(k))

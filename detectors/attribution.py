@@ -171,12 +171,6 @@ class OpenWorldAttribution:
         return len(self.class_names_)
 
     def _check_settings(self) -> None:
-        if self.ood not in OOD_SCORERS:
-            raise GuardgenError(f"unknown OOD scorer {self.ood!r}; use one of {', '.join(OOD_SCORERS)}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise GuardgenError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
-        if self.merge not in ("strong", "weak"):
-            raise GuardgenError(f"merge must be strong or weak, got {self.merge!r}")
         if self.knn_k < 1:
             raise GuardgenError(f"knn_k must be at least 1, got {self.knn_k}")
         if not 0 < self.pu_threshold < 1 or self.pu_folds < 2 or self.pu_c <= 0 or self.pu_iterations < 1:
@@ -600,7 +594,6 @@ class OpenWorldAttribution:
                 self.network_.load_state_dict(weights["model"])
             except RuntimeError as err:
                 raise GuardgenError(f"{folder}/model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
-            self.network_.to(device).eval()
             ood = weights["ood"]
             self.wta_ = WTAHash(self.embed_dim, perms=ood["perms"])
             self.mean_codes_, self.wta_threshold_ = ood["mean_codes"], ood["wta_threshold"]
@@ -632,6 +625,7 @@ class OpenWorldAttribution:
             first = (str(err).strip().splitlines() or [""])[0]
             raise GuardgenError(f"{folder}: a damaged attribution model ({type(err).__name__}: {first}); "
                                 "retrain it with `guardgen attribute fit`") from None
+        self.network_.to(device).eval()  # outside the damaged-folder net: a device error is not a damaged model
         return self
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from detectors import DETECTORS
 from detectors.evaluate import perturb
 from guardgen.checkpoint import load_json, load_training_state, save_training_state, settings_record
+from guardgen.data import to_channels
 from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
@@ -48,14 +49,9 @@ class DetectorModule(nn.Module):
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise GuardgenError(f"images must be (B, C, H, W), got shape {tuple(x.shape)}")
-        c = x.shape[1]
-        if c != self.in_chans:
-            if c == 1 and self.in_chans == 3:
-                x = x.expand(-1, 3, -1, -1)
-            elif c == 3 and self.in_chans == 1:
-                x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-            else:
-                raise GuardgenError(f"detector takes {self.in_chans}-channel images, got {c} channels")
+        x = to_channels(x, self.in_chans)
+        if x.shape[1] != self.in_chans:
+            raise GuardgenError(f"detector takes {self.in_chans}-channel images, got {x.shape[1]} channels")
         size = self.input_size
         if x.shape[-2:] != (size, size):
             if self.resize == "none":

@@ -36,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "save_training_state",
     "load_training_state",
+    "check_training_state",
     "PICKLE_SUFFIXES",
     "check_out",
     "fingerprint",
@@ -97,7 +98,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def check_out(out: str | os.PathLike | None, inputs: dict | list[tuple[str, Any]] | None = None, option: str = "--out", *,
               replaces: bool = True, data: dict | None = None) -> None:
     """Refuse, before any work, an output folder that cannot be made (a file on its path, a folder that is not
-    writable) or that overlaps an input.
+    writable; where the result replaces ``out`` as a whole, ``replaces``, one whose parent is not writable) or that
+    overlaps an input.
 
     ``inputs`` maps a name ("--model") to its path (None: unused), as a dict or (name, path) pairs: ``out`` may not be
     that folder, nor, where the result replaces its ``--out`` as a whole (``replaces``), hold it or lie inside it.
@@ -115,6 +117,9 @@ def check_out(out: str | os.PathLike | None, inputs: dict | list[tuple[str, Any]
         raise GuardgenError(f"{option} {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise GuardgenError(f"{option} {out}: {existing} is not writable")
+    if replaces and existing == out.absolute() and not os.access(existing.parent, os.W_OK | os.X_OK):
+        raise GuardgenError(f"{option} {out}: its folder {existing.parent} is not writable, and the result replaces "
+                            f"{out} as a whole; pass a folder in a writable place")
     target = out.resolve()
     pairs = [(name, path, False) for name, path in (inputs.items() if isinstance(inputs, dict) else inputs or ())]
     for name, paths in (data or {}).items():
@@ -384,6 +389,24 @@ def check_resumable(saved: dict | None, current: dict, where: str | os.PathLike)
                         "or start again without --resume")
 
 
+_NOT_A_STATE = ("{folder}: not a training state this run can continue (another command's, or a damaged one); start "
+                "again without --resume, or pass another --out")
+
+
+def check_training_state(folder: str | os.PathLike, settings: dict | None = None) -> dict:
+    """``folder/state.json`` as :func:`save_training_state` wrote it, refused in one line if guardgen did not write
+    it or, with ``settings``, if it was saved under other settings (:func:`check_resumable`). Loads no tensor, so a
+    command can check a state before any slow work."""
+    folder = Path(folder)
+    meta = load_json(folder / "state.json")
+    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("extra", {}), dict)
+            and isinstance(meta.get("optimizers", {}), dict)):
+        raise GuardgenError(_NOT_A_STATE.format(folder=folder))
+    if settings is not None:
+        check_resumable(meta.get("extra", {}).get("settings", {}), settings, folder)
+    return meta
+
+
 def load_training_state(
     folder: str | os.PathLike,
     *,
@@ -395,13 +418,8 @@ def load_training_state(
     """Restore what :func:`save_training_state` wrote; returns ``(step, extra)``. With ``settings`` (a
     :func:`settings_record`), a state saved with other ``extra["settings"]`` is refused before anything is loaded."""
     folder = Path(folder)
-    meta = load_json(folder / "state.json")
-    damaged = f"{folder}: a damaged training state (state.json is not one guardgen wrote); rerun without --resume"
-    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("extra", {}), dict)
-            and isinstance(meta.get("optimizers", {}), dict)):
-        raise GuardgenError(damaged)
-    if settings is not None:
-        check_resumable(meta.get("extra", {}).get("settings"), settings, folder)
+    meta = check_training_state(folder, settings)
+    damaged = _NOT_A_STATE.format(folder=folder)
     for name, module in modules.items():
         try:
             module.load_state_dict(load_safetensors(folder / f"{name}.safetensors"))

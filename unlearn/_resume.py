@@ -16,7 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
-from guardgen.checkpoint import fingerprint, load_training_state, save_training_state, settings_record
+from guardgen.checkpoint import (check_training_state, fingerprint, load_training_state, save_training_state,
+                                 settings_record)
 
 __all__ = ["LoopState", "check_state", "method_settings", "set_task"]
 
@@ -41,14 +42,9 @@ def set_task(method, model: nn.Module, **conditions) -> None:
 def check_state(method, out, resume: bool, name: str = "training_state") -> None:
     """Before any slow work: refuse to resume a state in ``out/name`` saved under other settings or for another task
     (:func:`set_task`), naming what differs. Nothing to resume, or no ``resume``: nothing to check."""
-    from guardgen.checkpoint import check_resumable, load_json
-
-    state = None if out is None else Path(out) / name / "state.json"
-    if not resume or state is None or not state.is_file():
-        return
-    meta = load_json(state)
-    extra = meta.get("extra") if isinstance(meta, dict) else None
-    check_resumable(extra.get("settings") if isinstance(extra, dict) else {}, method_settings(method), state.parent)
+    state = None if out is None else Path(out) / name
+    if resume and state is not None and (state / "state.json").is_file():
+        check_training_state(state, method_settings(method))
 
 
 class LoopState:

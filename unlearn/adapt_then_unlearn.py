@@ -59,7 +59,7 @@ from guardgen.errors import GuardgenError
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from unlearn._resume import LoopState, method_settings, set_task
+from unlearn._resume import LoopState, check_state, method_settings, set_task
 
 __all__ = ["AdaptThenUnlearn", "GANFineTune", "REPULSIONS", "GAMMA_DEFAULTS", "repulsion_loss", "parameter_distance",
            "diagonal_fisher", "ewc_penalty", "split_by_feature", "evaluate_gan_unlearning", "load_unlearned_gan"]
@@ -292,7 +292,11 @@ class _GANUnlearnBase:
     mixed_precision: str = "no"
     history_: list = field(default_factory=list, init=False, repr=False)
 
-    def _prepare(self, gan, forget, classifier, latent_dim_override=0):
+    _STAGES: ClassVar[tuple[str, ...]] = ()  # the loops' state folders under out/training_state
+
+    def _prepare(self, gan, forget, classifier, out=None, resume=False, latent_dim_override=0):
+        """The generator and discriminator, and the samples with and without the feature; a state in ``out`` that
+        ``resume`` would continue is checked against this task first, before any sample is drawn."""
         if classifier is None:
             raise GuardgenError("pass a classifier for the undesired feature (the zoo oracle for a digit, or any callable)")
         generator, discriminator = _unpack(gan)
@@ -300,6 +304,11 @@ class _GANUnlearnBase:
         _check_pair(generator, discriminator, latent_dim)
         if not 0 <= self.feature_min_prob < 1:
             raise GuardgenError(f"feature_min_prob must be in [0, 1), got {self.feature_min_prob}")
+        self.latent_dim_, self.forget_ = latent_dim, [int(f) for f in _as_list(forget)] if forget is not None else []
+        set_task(self, generator, forget=self.forget_,
+                 classifier=fingerprint(classifier) if isinstance(classifier, nn.Module) else type(classifier).__name__)
+        for stage in self._STAGES:
+            check_state(self, out, resume, f"training_state/{stage}")
         images = _sample(generator, self.num_samples, latent_dim, self.seed)
         mask = split_by_feature((images + 1) / 2, classifier, forget, self.threshold, min_prob=self.feature_min_prob)
         n_neg = int(mask.sum())
@@ -313,9 +322,6 @@ class _GANUnlearnBase:
                     "on the class; lower it, or 0 for argmax labelling)") if self.feature_min_prob > 0 else ""
             raise GuardgenError(f"the classifier finds the feature in {n_neg} of {len(mask)} samples: no samples "
                                 f"without it are left to train on{hint}")
-        self.latent_dim_, self.forget_ = latent_dim, [int(f) for f in _as_list(forget)] if forget is not None else []
-        set_task(self, generator, forget=self.forget_,
-                 classifier=fingerprint(classifier) if isinstance(classifier, nn.Module) else type(classifier).__name__)
         return generator, discriminator, images[mask], images[~mask]
 
     def _train(self, generator, discriminator, data, iterations, *, tag, extra_g=None, callback=None, offset=0,
@@ -416,6 +422,8 @@ class AdaptThenUnlearn(_GANUnlearnBase):
     """Defaults sized for the zoo's 16x16 GANs on a CPU (bench/gan.py): 200 adaptation and 500 unlearning
     iterations at batch 64, lr 5e-4, NL2 repulsion (the README's MNIST choice) with gamma 1e-3 on the auto-scaled distance."""
 
+    _STAGES: ClassVar[tuple[str, ...]] = ("adapt", "adapted", "unlearn")
+
     adapt_iterations: PositiveInt = 200
     ewc_lambda: NonNegFloat = 1.0  # on the mean-1 Fisher (fisher_normalize); the paper's 5e8 is on a raw StyleGAN2 Fisher
     fisher_samples: PositiveInt = 32
@@ -440,7 +448,7 @@ class AdaptThenUnlearn(_GANUnlearnBase):
         """
         check_settings(self)
         t0 = time.perf_counter()
-        generator, discriminator, negatives, positives = self._prepare(gan, forget, classifier)
+        generator, discriminator, negatives, positives = self._prepare(gan, forget, classifier, out, resume)
         total = (0 if adapted is not None else self.adapt_iterations) + self.unlearn_iterations
         self.history_ = []
         stage1 = None if out is None else Path(out) / "training_state" / "adapted"
@@ -509,12 +517,13 @@ class GANFineTune(_GANUnlearnBase):
     """The naive baseline: adversarial fine-tuning of the original GAN on the samples without the feature."""
 
     _key = "gan_finetune"
+    _STAGES: ClassVar[tuple[str, ...]] = ("finetune",)
 
     def fit(self, gan, *, forget=None, classifier=None, callback: Callback | None = None, out=None, resume: bool = False,
             **_) -> "GANFineTune":
         check_settings(self)
         t0 = time.perf_counter()
-        generator, discriminator, _, positives = self._prepare(gan, forget, classifier)
+        generator, discriminator, _, positives = self._prepare(gan, forget, classifier, out, resume)
         self.history_ = []
         self.generator_, self.discriminator_ = self._train(generator, discriminator, positives, self.unlearn_iterations,
                                                            tag="finetune", callback=callback, seed_shift=2, out=out, resume=resume)

@@ -22,7 +22,7 @@ from guardgen.models.conditioning import conditioning_for, ddim_sample
 from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from unlearn._resume import LoopState, set_task
+from unlearn._resume import LoopState, check_state, set_task
 
 __all__ = ["ESD"]
 
@@ -64,6 +64,7 @@ class ESD:
         cond = conditioning_for(pipe)
         forget = [cond.parse(c) for c in forget]
         set_task(self, pipe.unet, forget=forget)
+        check_state(self, out, resume)  # before the UNet is copied
         acc = make_accelerator(self.device, self.mixed_precision)
         rng = random.Random(self.seed)
         torch.manual_seed(self.seed)

@@ -31,7 +31,7 @@ from guardgen.models.conditioning import conditioning_for
 from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
-from unlearn._resume import LoopState, set_task
+from unlearn._resume import LoopState, check_state, set_task
 
 __all__ = ["Redaction", "GENERIC_PROMPTS", "apply_rules"]
 
@@ -95,6 +95,7 @@ class Redaction:
             raise GuardgenError(f"the reference {bad[0]!r} contains a redacted keyword; choose another")
         self.conditioning_, self.forget_, self.reference_ = cond, forget, reference
         set_task(self, pipe.unet, forget=forget, reference=reference, retain=list(retain))
+        check_state(self, out, resume)  # before the encoder is copied
         t0 = time.perf_counter()
         if cond.kind == "class":
             self.unet_ = _remap_classes(pipe.unet, {f: reference[i % len(reference)] for i, f in enumerate(forget)})

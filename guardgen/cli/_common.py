@@ -17,7 +17,7 @@ from rich.table import Table
 
 from guardgen.errors import GuardgenError
 
-__all__ = ["console", "err_console", "guarded", "parse_sets", "progress_callback", "results_table", "fail"]
+__all__ = ["console", "err_console", "guarded", "parse_sets", "progress_callback", "results_table", "fail", "note_fresh"]
 
 OWNED = ".guardgen"  # marks an --out folder as guardgen's: a later run may replace it
 console = Console()
@@ -51,7 +51,7 @@ def guarded(fn: Callable) -> Callable:
             if owned:  # a file on its path, or a folder it cannot write: refused before the run, not at its end
                 from guardgen.checkpoint import check_out
 
-                check_out(out)
+                check_out(out, replaces=False)  # a command whose result replaces --out checks its parent too
             if isinstance(kwargs.get("device"), str):
                 from guardgen.utils import check_device
 
@@ -136,3 +136,19 @@ def parse_sets(values: list[str]) -> dict:
             value = raw
         out[key.strip().replace("-", "_")] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def note_fresh(out: Path, resume: bool, *states: str) -> None:
+    """--resume: ``states`` (paths under ``out``) are where this run keeps its state. Where none exists, another run's
+    interrupted state in ``out`` (another command's or method's, kept elsewhere) is refused: this run would not
+    continue it, and its result would replace it. With none at all (a mistyped --out?), say so and train from the start."""
+    states = states or ("training_state/state.json",)
+    if not resume or any((out / s).exists() for s in states):
+        return
+    for other in (out / "training_state", out / "retrained" / "training_state"):
+        if other.is_dir() and next(other.iterdir(), None) is not None:
+            raise GuardgenError(f"--out {out}: holds another run's interrupted state ({other.relative_to(out)}/), which "
+                                "this command or method does not continue and would replace; resume it with the command "
+                                "and --method that made it, or pass another --out")
+    where = states[0].removesuffix("/state.json")
+    err_console.print(f"[yellow]note[/]: nothing to resume in {out} (no {where}/); training from the start")

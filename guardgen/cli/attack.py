@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, err_console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import console, err_console, guarded, note_fresh, parse_sets, progress_callback, results_table
 from guardgen.registry import configure
 
 __all__ = ["app"]
@@ -112,7 +112,6 @@ def worst_case_forget(
 
     from attacks.worst_case_forget import WorstCaseForget
     from guardgen.checkpoint import check_out, save_json
-    from guardgen.cli.unlearn import note_fresh
     from guardgen.data import save_grid
     from guardgen.errors import GuardgenError
     from guardgen.metrics import unlearning_report
@@ -137,11 +136,10 @@ def worst_case_forget(
     search.check_size(len(train) if mode == "data" else len(torch.unique(train.labels)), "samples" if mode == "data" else "classes")
     state_dir = out / "training_state"
     if resume and (state_dir / "search" / "result.json").is_file():  # stopped in the evaluation: the search is done
-        search.set_task(net, runner, reference)
-        search.load_result(state_dir / "search", len(train))
+        search.load_result(state_dir / "search", len(train), model=net, method=runner, reference=reference)
         console.print(f"search kept from {state_dir / 'search'}")
     else:
-        note_fresh(out, resume)
+        note_fresh(out, resume, "training_state/state.json", "training_state/search")
         with progress_callback("worst-case search", keys=("objective", "selected_loss")) as callback:
             search.fit(net, (train.images, train.labels), method=runner, reference=reference, callback=callback,
                        state_dir=state_dir, resume=resume)

@@ -24,11 +24,13 @@ SourceOpt = Annotated[list[str], typer.Option("--source", help="NAME=SPEC: mnist
 PerSourceOpt = Annotated[int, typer.Option(min=1, help="Images drawn per --source (GANs are sampled, MNIST and folders truncated).")]
 
 
-def _load_sources(data: Path | None, sources: list[str], per_source: int, seed: int, split: str, resolution: int | None):
-    """(images (N, C, H, W) in [0, 1], labels (N,), names) from a per-source folder and/or --source entries."""
+def _load_sources(data: Path | None, sources: list[str], per_source: int, seed: int, split: str, resolution: int | None,
+                  channels: int | None = None):
+    """(images (N, C, H, W) in [0, 1], labels (N,), names) from a per-source folder and/or --source entries;
+    ``channels`` (a trained model's): every source converted to it (gray or RGB), else sources must share one."""
     import torch
 
-    from guardgen.data import load_image_folder, load_mnist
+    from guardgen.data import load_image_folder, load_mnist, to_channels
     from guardgen.errors import GuardgenError
     from guardgen.models import load_model, resolve
     from guardgen.models.gan import sample_gan
@@ -69,6 +71,8 @@ def _load_sources(data: Path | None, sources: list[str], per_source: int, seed: 
         names.append(name)
     if not images:
         raise GuardgenError("no images: pass --data DIR (one subfolder per source) or --source NAME=SPEC")
+    if channels is not None:
+        images = [to_channels(x, channels) for x in images]
     channels = {int(x.shape[1]) for x in images}
     if len(channels) > 1:  # resizing does not help here; the colour format would tell the sources apart
         per = ", ".join(f"{n} {x.shape[1]}" for n, x in _named(images, labels, names))
@@ -116,10 +120,12 @@ def fit(
     if folders + len(source) == 1:  # known before any source is read or sampled
         raise GuardgenError("attribution needs at least 2 sources; add --source NAME=SPEC entries or subfolders of --data")
     images, labels, names = _load_sources(data, source, per_source, seed, "train", resolution)
-    pool = None if unlabeled is None else load_image_folder(unlabeled, resolution=resolution)[0].images  # read before training
+    pool = None  # read before training, in the sources' colour format
+    if unlabeled is not None:
+        pool = load_image_folder(unlabeled, resolution=resolution, channels=images.shape[1])[0].images
     if pool is not None and pool.shape[1:] != images.shape[1:]:
-        raise GuardgenError(f"--unlabeled {unlabeled}: images of shape {tuple(pool.shape[1:])}, the sources' are "
-                            f"{tuple(images.shape[1:])}; pass --resolution to resize them")
+        raise GuardgenError(f"--unlabeled {unlabeled}: images of size {tuple(pool.shape[2:])}, the sources' are "
+                            f"{tuple(images.shape[2:])}; pass --resolution to resize them")
     console.print(f"training attribution on {len(names)} sources ({len(images)} images): {', '.join(names)}")
     with _progress("closed-set training") as cb:
         model.fit(images, labels, names, callback=cb)
@@ -150,7 +156,7 @@ def discover(
 
     model = OpenWorldAttribution.from_pretrained(model_dir)
     resolution = resolution or model.image_shape_[-1]  # the sources are read at the model's own size unless told otherwise
-    images, labels, names = _load_sources(data, source, per_source, seed + 1_000, "test", resolution)
+    images, labels, names = _load_sources(data, source, per_source, seed + 1_000, "test", resolution, model.image_shape_[0])
     if clusters is not None:
         model.n_clusters = clusters
     with _progress("discovery") as cb:
@@ -200,7 +206,7 @@ def predict(
         folder, report = load_image_folder(images_dir, layout="flat", resolution=resolution, channels=channels)
         images, labels, names, files = folder.images, None, None, report.files
     else:
-        images, labels, names = _load_sources(data, source, per_source, seed + 2_000, "test", resolution)
+        images, labels, names = _load_sources(data, source, per_source, seed + 2_000, "test", resolution, channels)
     pred = model.predict(images)
     pred_names = [model.class_names_[i] if i >= 0 else "unknown" for i in pred.tolist()]
     result = {"model": str(model_dir), "classes": model.class_names_, "predictions": pred_names}

@@ -44,8 +44,10 @@ def audit(
 
     from guardgen.audit import AuditConfig, run_audit, write_report
     from guardgen.audit.summary import key_figure
+    from guardgen.checkpoint import check_out
     from guardgen.errors import GuardgenError
 
+    check_out(out, replaces=False, data={"--train-data": train_data, "--holdout-data": holdout_data})
     if fail_on not in ("fail", "warn", "never"):
         raise GuardgenError(f"--fail-on {fail_on!r}: use fail, warn or never")
     sets = parse_sets(set_)

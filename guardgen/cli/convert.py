@@ -26,7 +26,7 @@ def convert(
         raise GuardgenError(f"--to {to}: the output must end in .safetensors")
     if to.exists():
         raise GuardgenError(f"{to} exists; pass another --to (nothing is overwritten)")
-    check_out(to.parent, option="--to")  # a file on its path: one line, not mkdir's "File exists"
+    check_out(to, option="--to", replaces=False)  # a file on its path: one line, not mkdir's "File exists"
     state = load_state_dict(weights, allow_pickle=True)
     if not state:
         raise GuardgenError(f"{weights}: holds no tensors; nothing to convert")

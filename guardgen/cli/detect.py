@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, err_console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import console, err_console, guarded, note_fresh, parse_sets, progress_callback, results_table
 
 __all__ = ["app"]
 
@@ -125,13 +125,6 @@ def _load_many(specs: list[str], role: str, **kw) -> dict:
     return out
 
 
-def _to_channels(x, channels: int):
-    """(N, C, H, W) images as gray (1) or RGB (3), as the detector's preprocessing converts them."""
-    if x.shape[1] == channels or {x.shape[1], channels} != {1, 3}:
-        return x
-    return x.expand(-1, 3, -1, -1) if channels == 3 else 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
 def _split(images, fraction: float, seed: int):
     import torch
 
@@ -221,6 +214,7 @@ def train(
         if gen is None or gen[0] not in ("pipeline", "gan"):
             raise GuardgenError(f"{gen_spec}: OMAT attacks a diffusion model's initial noise or a GAN's latent space; pass "
                                 "--generator with a diffusion pipeline (zoo:mnist-ddpm) or a GAN (zoo:mnist-gan), not an image folder")
+    note_fresh(out, resume, "training_state/detector", "training_state/base", "training_state/omat")  # before sampling
     kw = {"n": n, "resolution": resolution, "steps": sample_steps, "seed": seed}
     reals = _load_many([real], "real", **kw)
     fakes = _load_many(fake, "fake", **kw)
@@ -240,8 +234,6 @@ def train(
     state = out / "training_state"  # the interrupted run's state; the finished detector replaces the folder
     if not resume and state.exists():
         shutil.rmtree(state)
-    if resume and not state.is_dir():
-        err_console.print(f"[yellow]note[/]: nothing to resume in {out} (no training_state/); training from the start")
     if resume and (state / "base" / "state.json").is_file():  # the base detector of an OMAT run had finished
         det.load_state(state / "base", real_tr)
         console.print("resuming: the base detector had finished")
@@ -297,6 +289,7 @@ def eval_(
     from detectors.detector import Detector
     from detectors.evaluate import evaluate_generators, format_control, robustness_grid
     from guardgen.checkpoint import check_out, save_json
+    from guardgen.data import to_channels
     from guardgen.errors import GuardgenError
 
     check_out(out, replaces=False, data={"--real": real, "--heldout-real": heldout_real, "--fake": fake})
@@ -325,8 +318,8 @@ def eval_(
     console.print(f"mean AUROC {res['mean_auroc']:.4f}; realised FPR on test reals {res['fpr_realised']:.4f}")
     results = {k: v for k, v in res.items() if k != "scores"}
     if robustness:  # fakes of several sources in one batch: in the detector's colour format (as it reads them)
-        all_fake = torch.cat([_to_channels(x, det.in_chans) for x in fakes.values()])
-        test_real = _to_channels(test_real, det.in_chans)
+        all_fake = torch.cat([to_channels(x, det.in_chans) for x in fakes.values()])
+        test_real = to_channels(test_real, det.in_chans)
         results["robustness"] = robustness_grid(det, test_real, all_fake, seed=seed)
         results["format_control"] = format_control(det, test_real, all_fake)
         console.print(results_table("robustness (same perturbation on reals and fakes)", results["robustness"]))

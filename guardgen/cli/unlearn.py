@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, err_console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import console, guarded, note_fresh, parse_sets, progress_callback, results_table
 from guardgen.registry import configure
 
 __all__ = ["app"]
@@ -112,7 +112,7 @@ def concept(
     if random_override:
         console.print("No --override: each forgotten condition is mapped to a random retained one (--override-mode random).")
     console.print(f"unlearning {plan['forget']} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
-    note_fresh(out, resume, "training_state", "retrained/training_state")
+    note_fresh(out, resume, "retrained/training_state" if method == "retrain" else "training_state/state.json")
     keys = ("loss_gen", "loss_fake", "loss", "loss_forget")
     with progress_callback(f"{method}", keys=keys) as callback:
         runner.fit(pipe, forget=plan["forget"], retain=plan["retain"], override=plan["override"], oracle=judge,
@@ -138,13 +138,6 @@ def concept(
     console.print(results_table(f"{method}: forgetting {plan['forget']}", rows))
     console.print(f"grid (rows = conditions; left: before, right: after): {out / 'grid.png'}\nsaved to {out}")
 
-
-
-def note_fresh(out: Path, resume: bool, *states: str) -> None:
-    """--resume where ``out`` holds no saved state (a mistyped --out?): say so, then train from the start."""
-    if resume and not any((out / s).exists() for s in states or ("training_state",)):
-        err_console.print(f"[yellow]note[/]: nothing to resume in {out} (no {(states or ('training_state',))[0]}/); "
-                          "training from the start")
 
 
 def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets: list[str], out: Path, oracle: str,
@@ -180,7 +173,7 @@ def _concept_gan(model: str, *, forget: list[str], method: str, iterations, sets
                             "adversarially and needs it")
     judge = load_model(oracle, kind="classifier")
     console.print(f"unlearning class(es) {classes} from [bold]{escape(model)}[/] with [bold]{method}[/] -> {out}")
-    note_fresh(out, resume)
+    note_fresh(out, resume, *(f"training_state/{stage}" for stage in runner._STAGES))
     with progress_callback(method, keys=("loss_d", "loss_g", "reg")) as callback:
         runner.fit((generator, discriminator), forget=classes, classifier=judge, callback=callback, out=out, resume=resume)
     runner.save_pretrained(out, extra={"original_model": model, "guardgen_version": __version__, "seed": seed})

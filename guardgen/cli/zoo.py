@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import console, guarded, note_fresh, parse_sets, progress_callback, results_table
 
 __all__ = ["app"]
 
@@ -76,7 +76,6 @@ def build(
     if exclude:
         overrides["exclude"] = _parse_classes(exclude)
     from guardgen.checkpoint import check_out
-    from guardgen.cli.unlearn import note_fresh
 
     zoo.settings(name, overrides)  # bad settings fail here, before the progress bar
     user_dir = zoo.user_zoo_dir()

@@ -55,6 +55,15 @@ def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) images as gray (``channels`` 1, ITU-R 601 luma) or RGB (3, gray repeated); other counts as given."""
+    if images.shape[1] == channels or {images.shape[1], channels} != {1, 3}:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    return 0.299 * images[:, :1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
+
+
 def _need(module: str, extra: str):
     try:
         return __import__(module, fromlist=["_"])

@@ -121,8 +121,8 @@ def load_classifier(folder: str | Path, *, device: str | torch.device = "cpu", a
         p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
     if not weights:
         raise GuardgenError(f"{folder}: no weight file (model.safetensors) beside config.json")
+    check_architecture(architecture)  # before the weights are read
     state = load_state_dict(weights[0], allow_pickle=allow_pickle)
-    check_architecture(architecture)
     import warnings
 
     try:

@@ -39,7 +39,10 @@ def folder_kind(folder: Path) -> str:
                 return "classifier"
             if str(config.get("_class_name", "")).startswith(("UNet", "Autoencoder", "VQ", "Transformer")):
                 return "diffusion-model"
-            if "detector" in config:  # guardgen's own detector folders are read by the commands that take --detector
+            if config.get("_class") == "OpenWorldAttribution":  # guardgen's own attribution and detector folders
+                raise GuardgenError(f"{folder}: a guardgen attribution model, not a generative model or classifier; "
+                                    "pass it where --attribution or an attribution model is asked for")
+            if "detector" in config:
                 raise GuardgenError(f"{folder}: a guardgen detector, not a model; pass it where a --detector is asked for")
     run = run_record(folder)
     if run is not None:

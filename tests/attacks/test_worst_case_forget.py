@@ -244,3 +244,16 @@ def test_an_interrupted_diffusion_search_resumes(tiny_class_pipeline, tmp_path, 
     run = WorstCaseForget(**kw).fit_diffusion(pipe, (images, labels), method=ga, state_dir=tmp_path / "s", resume=True)
     assert run.history_ == ref.history_ and run.indices_ == ref.indices_
     assert torch.allclose(run.losses_, ref.losses_)
+
+
+def test_a_kept_search_reloads_into_a_fresh_object_for_the_same_task_only(tmp_path):
+    model, x, y, _ = planted_points()
+    kw = dict(size=8, iterations=3, inner_steps=2, device="cpu")
+    search = WorstCaseForget(**kw).fit(model, (x, y), method=ft_form)
+    search.save_result(tmp_path / "search")
+    kept = WorstCaseForget(**kw).load_result(tmp_path / "search", len(y), model=model, method=ft_form)
+    assert torch.equal(kept.sample_indices_, search.sample_indices_) and kept.history_ == search.history_
+    with pytest.raises(GuardgenError, match=r"used other settings \(method\)"):
+        WorstCaseForget(**kw).load_result(tmp_path / "search", len(y), model=model, method=GAForm())
+    with pytest.raises(GuardgenError, match=r"used other settings \(size\)"):
+        WorstCaseForget(**{**kw, "size": 6}).load_result(tmp_path / "search", len(y), model=model, method=ft_form)

@@ -223,6 +223,9 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_section(tmp_pat
     (tmp_path / "file").write_text("x")
     _refused_up_front(invoke("audit", "zoo:mnist-gan", "--out", tmp_path / "file" / "report"),
                       "file is a file, not a folder", no_sections)  # was: all sections, then NotADirectoryError
+    (tmp_path / "data" / "0").mkdir(parents=True)
+    _refused_up_front(invoke("audit", "zoo:mnist-ddpm", "--train-data", tmp_path / "data", "--out", tmp_path / "data" / "r"),
+                      "inside --train-data", no_sections)  # its report's images would be read as members next time
 
 
 def test_holdout_data_is_checked_and_not_ignored(tmp_path, no_sections, tiny_class_pipeline):

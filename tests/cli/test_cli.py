@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -286,7 +287,28 @@ def test_an_error_before_the_first_step_is_the_only_line():
 
 
 def test_an_out_under_a_file_is_refused_by_every_command_before_it_runs(tmp_path):
+    """``guarded`` itself checks --out: a command with no check of its own never runs."""
+    import typer
+
+    from guardgen.cli._common import guarded
+
+    tiny, ran = typer.Typer(), []
+
+    @tiny.command()
+    @guarded
+    def go(out: Path = Path("runs/x")) -> None:
+        ran.append(out)
+
+    @tiny.command()
+    def other() -> None:
+        pass
+
     (tmp_path / "notes.txt").write_text("mine")
+    result = runner.invoke(tiny, ["go", "--out", str(tmp_path / "notes.txt" / "eval")])
+    assert result.exit_code == 2 and "notes.txt is a file, not a folder" in " ".join(result.output.split())
+    assert ran == [] and (tmp_path / "notes.txt").read_text() == "mine"
+    result = runner.invoke(tiny, ["go", "--out", str(tmp_path / "new")])
+    assert result.exit_code == 0 and ran == [tmp_path / "new"], result.output
     result = invoke("detect", "eval", "--detector", tmp_path / "no-detector", "--fake", "zoo:mnist-gan",
                     "--out", tmp_path / "notes.txt" / "eval")
     assert result.exit_code == 2 and "notes.txt is a file, not a folder" in " ".join(result.output.split())

@@ -101,8 +101,13 @@ def test_bad_inputs_exit_2(folders):
     assert result.exit_code == 2 and "a file; the real images are mnist" in text(result)
 
 
-@pytest.mark.parametrize("bad", [["--attack-lr", "-1"], ["--lr", "inf"], ["--lr", "nan"], ["--backbone", "no_such_net"]])
-def test_bad_settings_are_refused_before_any_image_is_sampled(folders, tiny_class_pipeline, monkeypatch, bad):
+@pytest.mark.parametrize("bad,message", [
+    (["--attack-lr", "-1"], "attack: on_manifold: setting lr=-1"),
+    (["--lr", "inf"], "--lr inf: must be a finite number"),
+    (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--backbone", "no_such_net"], "unknown classifier architecture 'no_such_net'"),
+])
+def test_bad_settings_are_refused_before_any_image_is_sampled(folders, tiny_class_pipeline, monkeypatch, bad, message):
     import guardgen.cli.detect as detect_cli
 
     def loaded(*args, **kwargs):
@@ -111,9 +116,7 @@ def test_bad_settings_are_refused_before_any_image_is_sampled(folders, tiny_clas
     monkeypatch.setattr(detect_cli, "_load_many", loaded)
     result = invoke("detect", "train", "--real", folders / "data", "--fake", tiny_class_pipeline, "--omat",
                     "--out", folders / "d", *TINY, *bad)
-    assert result.exit_code == 2, result.output
-    assert any(m in text(result) for m in (f"{bad[0]} {bad[1]}: must be a finite number", "attack: on_manifold: setting lr=-1",
-                                           "unknown classifier architecture 'no_such_net'"))
+    assert result.exit_code == 2 and message in text(result), result.output
 
 
 def test_an_interrupted_omat_run_resumes_with_resume(folders, tiny_class_pipeline, monkeypatch):
@@ -209,7 +212,32 @@ def test_a_damaged_training_state_is_one_line(folders):
     (state / "state.json").write_text("[1]")
     result = invoke("detect", "train", "--real", folders / "data", "--fake", folders / "data", "--resolution", 8,
                     "--out", folders / "d", *TINY, "--resume")
-    assert result.exit_code == 2 and "a damaged training state" in text(result) and "Traceback" not in result.output
+    assert result.exit_code == 2 and "not a training state this run can continue" in text(result) and "Traceback" not in result.output
+
+
+def test_a_resume_into_another_commands_interrupted_state_is_refused_and_keeps_it(folders, monkeypatch):
+    import guardgen.cli.detect as detect_cli
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("images were loaded before the state was checked")
+
+    state = folders / "d" / "training_state"
+    state.mkdir(parents=True)
+    (folders / "d" / ".guardgen").touch()
+    (state / "state.json").write_text('{"step": 40}')  # an unlearning run's, which detect train keeps elsewhere
+    monkeypatch.setattr(detect_cli, "_load_many", loaded)
+    result = invoke("detect", "train", "--real", folders / "data", "--fake", folders / "data", "--out", folders / "d",
+                    *TINY, "--resume")
+    assert result.exit_code == 2 and "holds another run's interrupted state (training_state/)" in text(result), result.output
+    assert (state / "state.json").read_text() == '{"step": 40}'
+    zoo = invoke("zoo", "build", "mnist-oracle", "--out", folders / "d", "--resume")  # its state is training_state/state.json
+    assert zoo.exit_code == 2 and "was another method's or command's" in text(zoo), zoo.output
+    (state / "state.json").unlink()
+    (state / "detector").mkdir()
+    (state / "detector" / "state.json").write_text("{}")
+    zoo = invoke("zoo", "build", "mnist-oracle", "--out", folders / "d", "--resume")
+    assert zoo.exit_code == 2 and "holds another run's interrupted state" in text(zoo), zoo.output
+    assert (state / "detector" / "state.json").is_file()
 
 
 def test_score_says_why_no_file_was_read(folders):

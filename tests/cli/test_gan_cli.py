@@ -99,6 +99,13 @@ def test_unlearn_concept_gan_bad_input(tmp_path, tiny_gan, tiny_oracle):
     for extra in (["--override", "1"], ["--retain", "3"], ["--override-mode", "oracle"]):  # diffusion-only options
         result = runner.invoke(app, base + ["--forget", "7", *extra])
         assert result.exit_code == 2 and f"{extra[0]}: a GAN forgets oracle classes outright" in result.output
+    # --resume with the other GAN method into an interrupted Adapt-then-Unlearn run: refused, its state kept
+    (tmp_path / "r" / "training_state" / "adapt").mkdir(parents=True)
+    (tmp_path / "r" / "training_state" / "adapt" / "state.json").write_text("{}")
+    (tmp_path / "r" / ".guardgen").touch()
+    result = runner.invoke(app, base + ["--forget", "7", "--method", "gan_finetune", "--resume"])
+    assert result.exit_code == 2 and "holds another run's interrupted state" in result.output, result.output
+    assert (tmp_path / "r" / "training_state" / "adapt" / "state.json").is_file()
     # the feature is found in fewer samples than min_negatives: the run stops with one line
     result = runner.invoke(app, base + ["--forget", "3", "--method", "gan_finetune", "--set", "num_samples=16",
                                         "--set", "min_negatives=17"])
@@ -207,6 +214,22 @@ def test_attribute_sources_in_two_colour_formats_or_one_source_are_refused_up_fr
     result = runner.invoke(app, ["attribute", "fit", "--source", "a=zoo:mnist-gan", "--out", str(tmp_path / "m"),
                                  *TINY_ATTR])
     assert result.exit_code == 2 and "at least 2 sources" in result.output, result.output
+
+
+def test_attribute_reads_rgb_pools_and_sources_in_a_gray_models_format(tmp_path, make_sources):
+    x, y = make_sources(12, seed=0)
+    seen = _write_sources(make_sources, tmp_path / "seen", 12, 0, ["a", "b"])
+    rgb = _flat(tmp_path / "rgb", x[y == 1].expand(-1, 3, -1, -1))
+    gray = _flat(tmp_path / "gray", x[y == 0])
+    result = runner.invoke(app, ["attribute", "fit", "--data", str(seen), "--unlabeled", str(rgb), "--out",
+                                 str(tmp_path / "m"), *TINY_ATTR])  # gray sources, an RGB pool
+    assert result.exit_code == 0, result.output
+    for command in (["discover", str(tmp_path / "m"), "--rounds", "1", "--out", str(tmp_path / "d")],
+                    ["predict", str(tmp_path / "m"), "--out", str(tmp_path / "p")]):
+        result = runner.invoke(app, ["attribute", *command, "--source", f"a={gray}", "--source", f"c={rgb}"])
+        assert result.exit_code == 0, result.output
+    preds = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert preds["true"].count("c") == len(list(rgb.iterdir())) and len(preds["predictions"]) == len(preds["true"])
 
 
 def test_attribute_predict_names_the_files_and_a_damaged_model_is_one_line(tmp_path, make_sources):

@@ -123,4 +123,7 @@ def test_reproduction_refuses_images_of_another_size():
 
     with pytest.raises(GuardgenError, match=r"samples are \(1, 8, 8\), the protected works \(1, 12, 12\)"):
         reproduction(torch.rand(3, 1, 8, 8), torch.rand(2, 1, 12, 12), delta=0.1)
-    assert reproduction(torch.rand(3, 1, 8, 8), torch.rand(2, 1, 12, 12), delta=0.1, size=4)["hits"] >= 0
+    works = torch.stack([torch.zeros(1, 12, 12), torch.ones(1, 12, 12)])
+    samples = torch.stack([torch.ones(1, 8, 8), torch.full((1, 8, 8), 0.5), torch.zeros(1, 8, 8)])
+    result = reproduction(samples, works, delta=0.1, size=4)  # both pooled to 4x4: two exact copies, one far from both
+    assert result["hits"] == 2 and result["per_work"] == pytest.approx([1 / 3, 1 / 3])

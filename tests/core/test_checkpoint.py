@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,6 +146,22 @@ def test_check_out_refuses_a_place_it_cannot_write_or_that_overlaps_an_input(tmp
         check_out(tmp_path / "link", [("--model", model)])
 
 
+def test_check_out_wants_a_writable_parent_only_where_the_result_replaces_out(tmp_path, monkeypatch):
+    import os
+
+    from guardgen.checkpoint import check_out
+
+    locked = tmp_path / "locked"
+    (locked / "run").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))  # root passes any
+    check_out(locked / "run", replaces=False)  # written into: its own folder is writable
+    with pytest.raises(GuardgenError, match="its folder .*locked is not writable, and the result replaces"):
+        check_out(locked / "run")
+    with pytest.raises(GuardgenError, match="locked is not writable"):
+        check_out(locked / "new")
+
+
 def test_fingerprint_tells_models_apart():
     from guardgen.checkpoint import fingerprint
 
@@ -158,11 +175,11 @@ def test_a_damaged_or_foreign_training_state_is_one_line(tmp_path):
     save_training_state(tmp_path / "state", step=3, modules={"m": model}, optimizers={"o": opt})
     with pytest.raises(GuardgenError, match="do not fit this model"):  # another model's weights
         load_training_state(tmp_path / "state", modules={"m": torch.nn.Linear(5, 1)})
-    with pytest.raises(GuardgenError, match="a damaged training state"):  # an optimizer it never saved
+    with pytest.raises(GuardgenError, match="not a training state this run can continue"):  # an optimizer it never saved
         load_training_state(tmp_path / "state", modules={"m": model}, optimizers={"other": opt})
     for text in ("[1]", '{"extra": {}}', '{"step": "3"}'):
         (tmp_path / "state" / "state.json").write_text(text)
-        with pytest.raises(GuardgenError, match="a damaged training state"):
+        with pytest.raises(GuardgenError, match="not a training state this run can continue"):
             load_training_state(tmp_path / "state", modules={"m": model})
 
 

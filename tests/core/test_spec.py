@@ -43,6 +43,13 @@ def test_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(GuardgenError, match="not a model folder"):
         resolve(str(tmp_path))
+    for name, config, message in [("det", {"_class": "Detector", "detector": {}}, "a guardgen detector, not a model"),
+                                  ("attr", {"_class": "OpenWorldAttribution", "detector": {}},
+                                   "a guardgen attribution model, not a generative model")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        with pytest.raises(GuardgenError, match=message):
+            resolve(str(tmp_path / name))
 
 
 def test_pt_file_passed_as_checkpoint_is_refused(tmp_path):

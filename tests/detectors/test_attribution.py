@@ -167,7 +167,7 @@ def test_bad_input(fitted, data):
         copy.deepcopy(fitted).discover(xt[:5])
     with pytest.raises(GuardgenError, match="at least 2 sources"):
         OpenWorldAttribution(device="cpu").fit(xt[:10], torch.zeros(10))
-    with pytest.raises(GuardgenError, match="unknown OOD scorer"):
+    with pytest.raises(GuardgenError, match="ood='mahalanobis': must be one of pu, wta"):
         OpenWorldAttribution(ood="mahalanobis", device="cpu").fit(xt[:10], yt[:10])
     with pytest.raises(GuardgenError, match="pu_threshold"):
         OpenWorldAttribution(ood="pu", pu_threshold=1.0, device="cpu").fit(xt[:10], yt[:10])
