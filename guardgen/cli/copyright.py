@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import console, guarded, note_fresh, parse_sets, progress_callback, results_table
 
 __all__ = ["app"]
 
@@ -111,6 +111,8 @@ def train(
     check_device(device, shard_config(config).mixed_precision)
     data = load_shards(shards)
     shard_config(config, data.data.images.shape[-1])  # and against the data's resolution, before any training
+    names = ["full"] + [f"shard-{i}" for i in range(data.plan.n_shards)]
+    note_fresh(out, resume, *(f"{name}/training_state" for name in names), *(f"{name}/guardgen.json" for name in names))
     with progress_callback("training", keys=("loss",)) as callback:
         metrics = train_shard_models(data, out, which=model or None, callback=callback, resume=resume, **config)
     save_json({"shards": str(shards), "config": config, "metrics": metrics}, out / "train.json")

@@ -117,10 +117,11 @@ def train_diffusion(unet, noise_scheduler, images: torch.Tensor, config, out: Pa
     ema_module = copy.deepcopy(acc.unwrap_model(unet))  # holds the EMA weights for checkpoints
 
     state_dir = out / "training_state"
-    step = 0
+    step, earlier = 0, 0.0  # earlier: the interrupted run's training seconds
     if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules={"unet": acc.unwrap_model(unet), "ema": ema_module}, optimizers={"opt": opt},
-                                      settings=resume_settings(config))
+        step, extra = load_training_state(state_dir, modules={"unet": acc.unwrap_model(unet), "ema": ema_module}, optimizers={"opt": opt},
+                                          settings=resume_settings(config))
+        earlier = float(extra.get("seconds", 0.0))
         ema = EMAModel(ema_module.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
         ema.optimization_step = step
     elif state_dir.exists() and acc.is_main_process:
@@ -159,8 +160,9 @@ def train_diffusion(unet, noise_scheduler, images: torch.Tensor, config, out: Pa
             if acc.is_main_process:
                 ema.copy_to(ema_module.parameters())
                 save_training_state(state_dir, step=step, modules={"unet": acc.unwrap_model(unet), "ema": ema_module},
-                                    optimizers={"opt": opt}, extra={"settings": resume_settings(config)})
-    train_seconds = time.perf_counter() - t0
+                                    optimizers={"opt": opt},
+                                    extra={"settings": resume_settings(config), "seconds": earlier + time.perf_counter() - t0})
+    train_seconds = earlier + time.perf_counter() - t0
 
     acc.wait_for_everyone()
     final = acc.unwrap_model(unet)

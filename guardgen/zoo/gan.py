@@ -164,11 +164,12 @@ def build_gan(config: GANConfig, out: str | Path, *, resume: bool = False, callb
     ema.to(acc.device)
 
     state_dir = out / "training_state"
-    step = 0
+    step, earlier = 0, 0.0  # earlier: the interrupted run's training seconds
     modules = {"generator": acc.unwrap_model(gen), "discriminator": acc.unwrap_model(disc), "ema": ema}
     if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d},
-                                      settings=resume_settings(config))
+        step, extra = load_training_state(state_dir, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d},
+                                          settings=resume_settings(config))
+        earlier = float(extra.get("seconds", 0.0))
     elif state_dir.exists() and acc.is_main_process:
         shutil.rmtree(state_dir)
 
@@ -212,8 +213,8 @@ def build_gan(config: GANConfig, out: str | Path, *, resume: bool = False, callb
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_training_state(state_dir, step=step, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d},
-                                    extra={"settings": resume_settings(config)})
-    train_seconds = time.perf_counter() - t0
+                                    extra={"settings": resume_settings(config), "seconds": earlier + time.perf_counter() - t0})
+    train_seconds = earlier + time.perf_counter() - t0
 
     acc.wait_for_everyone()
     final = ema.cpu()

@@ -61,10 +61,11 @@ def build_oracle(config: OracleConfig, out: str | Path, *, resume: bool = False,
     steps_per_epoch = len(train) // config.batch_size
     total = config.epochs * steps_per_epoch
     state_dir = out / "training_state"
-    step = 0
+    step, earlier = 0, 0.0  # earlier: the interrupted run's training seconds
     if resume and (state_dir / "state.json").is_file():
-        step, _ = load_training_state(state_dir, modules={"model": acc.unwrap_model(model)}, optimizers={"opt": opt},
-                                      settings=resume_settings(config))
+        step, extra = load_training_state(state_dir, modules={"model": acc.unwrap_model(model)}, optimizers={"opt": opt},
+                                          settings=resume_settings(config))
+        earlier = float(extra.get("seconds", 0.0))
     elif state_dir.exists() and acc.is_main_process:
         shutil.rmtree(state_dir)
 
@@ -89,8 +90,8 @@ def build_oracle(config: OracleConfig, out: str | Path, *, resume: bool = False,
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_training_state(state_dir, step=step, modules={"model": acc.unwrap_model(model)}, optimizers={"opt": opt},
-                                    extra={"settings": resume_settings(config)})
-    train_seconds = time.perf_counter() - t0
+                                    extra={"settings": resume_settings(config), "seconds": earlier + time.perf_counter() - t0})
+    train_seconds = earlier + time.perf_counter() - t0
 
     acc.wait_for_everyone()
     net = acc.unwrap_model(model)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -48,7 +50,9 @@ def test_interrupted_build_resumes_to_the_same_model(tmp_path):
     assert not (out / "model.safetensors").exists()  # no half model where none stood
     with pytest.raises(GuardgenError, match="used other settings \\(lr\\)"):
         zoo.build("mnist-oracle", out, epochs=1, lr=0.01, device="cpu", checkpoint_every=10, resume=True)
-    zoo.build("mnist-oracle", out, epochs=1, device="cpu", checkpoint_every=10, resume=True)
+    before = json.loads((out / "training_state" / "state.json").read_text())["extra"]["seconds"]
+    metrics = zoo.build("mnist-oracle", out, epochs=1, device="cpu", checkpoint_every=10, resume=True)
+    assert before > 0 and metrics["train_seconds"] >= round(before, 2)  # the time counts the interrupted run's
     w1, w2 = _weights(straight), _weights(out)
     assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-5) for k in w1)
     assert not (out / "training_state").exists()
@@ -101,8 +105,6 @@ def test_ddpm_exclude_removes_classes_from_training(monkeypatch, tmp_path):
 
 
 def test_shipped_zoo_quality_records_meet_the_issue_targets():
-    import json
-
     oracle = json.loads((zoo.zoo_path("mnist-oracle") / "results.json").read_text())
     ddpm = json.loads((zoo.zoo_path("mnist-ddpm") / "guardgen.json").read_text())["metrics"]
     t2i = json.loads((zoo.zoo_path("mnist-t2i") / "guardgen.json").read_text())["metrics"]
