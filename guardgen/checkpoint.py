@@ -383,14 +383,15 @@ def check_resumable(saved: dict | None, current: dict, where: str | os.PathLike)
         return
     if not isinstance(saved, dict) or set(saved) != set(current):
         raise GuardgenError(f"{where}: the interrupted run was another method's or command's, or an older guardgen's (it "
-                            "recorded other settings); start again without --resume, or use another --out")
+                            "recorded other settings); pass another --out, or start again without --resume (which "
+                            "discards that state)")
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     raise GuardgenError(f"{where}: the interrupted run used other settings ({', '.join(changed)}); resume with its settings, "
                         "or start again without --resume")
 
 
-_NOT_A_STATE = ("{folder}: not a training state this run can continue (another command's, or a damaged one); start "
-                "again without --resume, or pass another --out")
+_NOT_A_STATE = ("{folder}: not a training state this run can continue (another command's, or a damaged one); pass "
+                "another --out, or start again without --resume (which discards it)")
 
 
 def check_training_state(folder: str | os.PathLike, settings: dict | None = None) -> dict:

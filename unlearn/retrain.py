@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Sequence
 
+from guardgen.checkpoint import load_json
 from guardgen.errors import GuardgenError
 from guardgen.registry import PositiveInt, check_settings
 from guardgen.utils import Callback
@@ -58,9 +59,15 @@ class Retrain:
         overrides = {**self.zoo_overrides, "exclude": tuple(classes), "seed": self.seed, "device": self.device, "mixed_precision": self.mixed_precision}
         if self.steps is not None:
             overrides["steps"] = self.steps
+        earlier = 0.0  # the interrupted run's training seconds, which a resumed retrain counts too
+        state = folder / "training_state" / "state.json"
+        if resume and state.is_file():
+            meta = load_json(state)
+            extra = meta.get("extra") if isinstance(meta, dict) else None
+            earlier = float(extra.get("seconds", 0.0)) if isinstance(extra, dict) else 0.0
         t0 = time.perf_counter()
         self.metrics_ = zoo.build(self.zoo_name, folder, resume=resume, callback=callback, **overrides)
-        self.train_seconds_ = time.perf_counter() - t0
+        self.train_seconds_ = earlier + time.perf_counter() - t0
         beside = getattr(pipe, "unet", None)  # load it beside the original, if there is one
         self.pipeline_ = load_model(str(folder), device=str(beside.device) if beside is not None else "cpu")
         return self

@@ -138,17 +138,19 @@ def parse_sets(values: list[str]) -> dict:
     return out
 
 
-def note_fresh(out: Path, resume: bool, *states: str) -> None:
-    """--resume: ``states`` (paths under ``out``) are where this run keeps its state. Where none exists, another run's
-    interrupted state in ``out`` (another command's or method's, kept elsewhere) is refused: this run would not
-    continue it, and its result would replace it. With none at all (a mistyped --out?), say so and train from the start."""
+def note_fresh(out: Path, resume: bool, *states: str, replaces: bool = True, note: bool = True) -> None:
+    """--resume: ``states`` (paths under ``out``) are where this run keeps its state. Where none exists and the result
+    ``replaces`` --out, another run's interrupted state in ``out`` (another command's or method's, kept elsewhere) is
+    refused: this run would not continue it, and would replace it. With none at all (a mistyped --out?), say so
+    (``note``) and train from the start. Hidden entries (a save cut off by a hard kill) are no other run's state."""
     states = states or ("training_state/state.json",)
     if not resume or any((out / s).exists() for s in states):
         return
-    for other in (out / "training_state", out / "retrained" / "training_state"):
-        if other.is_dir() and next(other.iterdir(), None) is not None:
+    for other in (out / "training_state", out / "retrained" / "training_state") if replaces else ():
+        if other.is_dir() and any(not p.name.startswith(".") for p in other.iterdir()):
             raise GuardgenError(f"--out {out}: holds another run's interrupted state ({other.relative_to(out)}/), which "
                                 "this command or method does not continue and would replace; resume it with the command "
                                 "and --method that made it, or pass another --out")
-    where = states[0].removesuffix("/state.json")
-    err_console.print(f"[yellow]note[/]: nothing to resume in {out} (no {where}/); training from the start")
+    if note:
+        where = states[0].removesuffix("/state.json")
+        err_console.print(f"[yellow]note[/]: nothing to resume in {out} (no {where}/); training from the start")

@@ -118,6 +118,10 @@ def worst_case_forget(
     from guardgen.models import load_model, model_folder
 
     check_out(out, {"--model": model_folder(model)[1]}, replaces=False)
+    if mode not in ("data", "class"):
+        raise GuardgenError(f"unknown --mode {mode!r}; choose data or class")
+    if signal not in ("loss", "gap"):
+        raise GuardgenError(f"unknown --signal {signal!r}; choose loss or gap")
     train, test = classifier_data(data, resolution, max_samples)
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     if epochs is not None:
@@ -125,8 +129,6 @@ def worst_case_forget(
     runner = classifier_method(method, params)
     net = load_model(model, kind="classifier", device="cpu")
     check_takes(net, train.images, model, resolution)
-    if signal not in ("loss", "gap"):
-        raise GuardgenError(f"unknown --signal {signal!r}; choose loss or gap")
     reference = None
     if signal == "gap":
         reference = classifier_method("retrain_classifier", {"seed": seed + 100, "device": device, **parse_sets(reference_set)})

@@ -112,7 +112,8 @@ def train(
     data = load_shards(shards)
     shard_config(config, data.data.images.shape[-1])  # and against the data's resolution, before any training
     names = ["full"] + [f"shard-{i}" for i in range(data.plan.n_shards)]
-    note_fresh(out, resume, *(f"{name}/training_state" for name in names), *(f"{name}/guardgen.json" for name in names))
+    note_fresh(out, resume, *(f"{name}/training_state" for name in names), *(f"{name}/guardgen.json" for name in names),
+               replaces=False)  # the models are written into --out, beside what it holds
     with progress_callback("training", keys=("loss",)) as callback:
         metrics = train_shard_models(data, out, which=model or None, callback=callback, resume=resume, **config)
     save_json({"shards": str(shards), "config": config, "metrics": metrics}, out / "train.json")

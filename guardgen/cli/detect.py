@@ -181,7 +181,7 @@ def train(
 
     from detectors.detector import Detector
     from detectors.omat import OMAT
-    from guardgen.checkpoint import check_out, save_json
+    from guardgen.checkpoint import check_out, check_resumable, check_training_state, save_json
     from guardgen.errors import GuardgenError
     from guardgen.utils import model_device
 
@@ -215,6 +215,14 @@ def train(
             raise GuardgenError(f"{gen_spec}: OMAT attacks a diffusion model's initial noise or a GAN's latent space; pass "
                                 "--generator with a diffusion pipeline (zoo:mnist-ddpm) or a GAN (zoo:mnist-gan), not an image folder")
     note_fresh(out, resume, "training_state/detector", "training_state/base", "training_state/omat")  # before sampling
+    base = out / "training_state" / "base"  # an OMAT run's finished base detector, kept with its settings
+    if resume and (base / "state.json").is_file():
+        caller = check_training_state(base)["extra"].get("caller", {})
+        saved = caller.get("settings", {}) if isinstance(caller, dict) else {}
+        now = det._resume_settings()
+        auto = [k for k in ("input_size", "in_chans") if not now.get(k)]  # 0: set from the training images by fit
+        check_resumable({k: v for k, v in saved.items() if k not in auto}, {k: v for k, v in now.items() if k not in auto},
+                        base)
     kw = {"n": n, "resolution": resolution, "steps": sample_steps, "seed": seed}
     reals = _load_many([real], "real", **kw)
     fakes = _load_many(fake, "fake", **kw)
@@ -241,7 +249,7 @@ def train(
         with progress_callback("detector", keys=("loss",)) as cb:
             det.fit(real_tr, fake_tr, callback=cb, state_dir=state / "detector", resume=resume)
         if omat:
-            det.save_state(state / "base")
+            det.save_state(state / "base", extra={"settings": det._resume_settings()})
     if runner is not None:
         with progress_callback("omat", keys=("loss", "success_rate")) as cb:
             runner.fit(real_tr, fake_tr, pipe=gen[1] if gen[0] == "pipeline" else None, gans=gans, base=det, callback=cb,

@@ -256,8 +256,7 @@ def redact(
     cond = conditioning_for(pipe)
     plan = concept_plan(pipe, cond, forget=items, override=reference, expand=expand and cond.kind == "text", require_retain=False)
     console.print(f"redacting {len(plan['forget'])} conditional(s) of [bold]{escape(model)}[/] -> {escape(str(reference))} ({variant})")
-    if cond.kind != "class":  # a class model's redaction is an exact remap, with nothing to resume
-        note_fresh(out, resume)
+    note_fresh(out, resume, note=cond.kind != "class")  # a class model's redaction is an exact remap, nothing to resume
     with progress_callback("redaction", keys=("loss_redact", "loss_retain")) as callback:
         runner.fit(pipe, forget=plan["forget"], retain=[cond.parse(r) for r in retain], override=plan["override"],
                    callback=callback, out=out, resume=resume)

@@ -312,3 +312,17 @@ def test_an_out_under_a_file_is_refused_by_every_command_before_it_runs(tmp_path
     result = invoke("detect", "eval", "--detector", tmp_path / "no-detector", "--fake", "zoo:mnist-gan",
                     "--out", tmp_path / "notes.txt" / "eval")
     assert result.exit_code == 2 and "notes.txt is a file, not a folder" in " ".join(result.output.split())
+
+
+def test_note_fresh_refuses_another_runs_state_but_not_a_save_cut_off_by_a_kill(tmp_path):
+    from guardgen.cli._common import note_fresh
+    from guardgen.errors import GuardgenError
+
+    (tmp_path / "training_state" / ".detector.k.tmp").mkdir(parents=True)  # atomic_dir's temp folder, left by SIGKILL
+    note_fresh(tmp_path, True, "training_state/detector")  # a fresh start, not a refusal
+    (tmp_path / "training_state" / "adapt").mkdir()  # a GAN unlearning run's stage
+    with pytest.raises(GuardgenError, match=r"holds another run's interrupted state \(training_state/\)"):
+        note_fresh(tmp_path, True, "training_state/detector")
+    note_fresh(tmp_path, True, "training_state/detector", replaces=False)  # written beside it: nothing is lost
+    note_fresh(tmp_path, False, "training_state/detector")  # no --resume: a fresh run was asked for
+    note_fresh(tmp_path, True, "training_state/adapt")  # its own state

@@ -203,17 +203,16 @@ def test_train_refuses_a_resolution_the_shards_do_not_have(tmp_path):
     assert not (tmp_path / "m" / "full").exists()
 
 
-def test_train_resume_notes_a_fresh_start_and_refuses_another_runs_state(tmp_path):
+def test_train_resume_notes_a_fresh_start_and_keeps_what_else_out_holds(tmp_path):
     shards = _tiny_shards(tmp_path)
     (tmp_path / "m" / "training_state").mkdir(parents=True)  # an unlearning run's interrupted state
     (tmp_path / "m" / "training_state" / "state.json").write_text("{}")
     (tmp_path / "m" / ".guardgen").touch()
-    result = invoke("copyright", "train", "--shards", shards, "--out", tmp_path / "m", "--resume")
-    assert_one_line_error(result, "holds another run's interrupted state (training_state/)")
-    assert (tmp_path / "m" / "training_state" / "state.json").is_file()
-    result = invoke("copyright", "train", "--shards", shards, "--out", tmp_path / "new", "--model", "shard-0", "--steps", 1,
+    result = invoke("copyright", "train", "--shards", shards, "--out", tmp_path / "m", "--model", "shard-0", "--steps", 1,
                     "--device", "cpu", "--set", "block_out_channels=[8,16]", "--set", "batch_size=4", "--resume")
     assert result.exit_code == 0 and "nothing to resume" in result.output, result.output
+    assert (tmp_path / "m" / "training_state" / "state.json").read_text() == "{}"  # the models are written beside it
+    assert (tmp_path / "m" / "shard-0" / "model_index.json").is_file()
 
 
 @pytest.mark.parametrize("args,message", [

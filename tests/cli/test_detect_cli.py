@@ -143,6 +143,8 @@ def test_an_interrupted_omat_run_resumes_with_resume(folders, tiny_class_pipelin
     result = invoke(*args, "--out", folders / "run")
     assert result.exit_code == 130 and "rerun with --resume" in text(result)
     assert (folders / "run" / "training_state" / "omat" / "round" / "state.json").is_file()
+    result = invoke(*args, "--lr", 0.5, "--out", folders / "run", "--resume")  # the finished base is another detector's
+    assert result.exit_code == 2 and "used other settings (lr)" in text(result), result.output
     fits = []
     fit = Detector.fit
     monkeypatch.setattr(Detector, "fit", lambda self, *a, **kw: fits.append(1) or fit(self, *a, **kw))

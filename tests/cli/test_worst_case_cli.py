@@ -90,6 +90,7 @@ def one_line(result):
     (("--size", 5, "--data", "cifar"), "unknown data 'cifar'"),
     (("--size", 5, "--set", "bogus=1"), "unknown setting(s) bogus"),
     (("--size", 5, "--signal", "bogus"), "unknown --signal 'bogus'; choose loss or gap"),
+    (("--size", 5, "--mode", "prompt"), "unknown --mode 'prompt'; choose data or class"),
     (("--size", 5, "--signal", "gap", "--reference-set", "depth=3"), "retrain_classifier: unknown setting(s) depth"),
 ])
 def test_attack_bad_input(tmp_path, args, message):
