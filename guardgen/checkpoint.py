@@ -378,7 +378,8 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 def check_resumable(saved: dict | None, current: dict, where: str | os.PathLike) -> None:
     """One line naming the settings that differ from the interrupted run's (``saved``: its ``settings_record``); a
-    state that recorded other settings altogether (another method's or command's, an older version's) is refused as such."""
+    state that recorded other settings altogether (another method's or command's, an older version's) is refused as
+    such."""
     if saved is None or saved == current:
         return
     if not isinstance(saved, dict) or set(saved) != set(current):
