@@ -3,7 +3,7 @@
 A loop asks :meth:`LoopState.start` for its first step (restoring weights, optimiser, random state and history
 when resuming), calls :meth:`LoopState.save` after every step (it writes every ``checkpoint_every`` steps) and
 :meth:`LoopState.finish` at the end. The state records the method's settings, and a resume under other settings
-is refused. Per-step draws in these loops come from generators seeded by (seed, step), the global torch state is
+is refused: by :func:`check_state`, which a method calls before its slow setup, and again by :meth:`LoopState.start`. Per-step draws in these loops come from generators seeded by (seed, step), the global torch state is
 saved by ``save_training_state``, and a loop with a sequential ``random.Random`` passes it in.
 """
 
@@ -58,8 +58,6 @@ class LoopState:
         self.iterations = method.iterations if iterations is None else iterations
         self.settings = method_settings(method)
         self.t0 = time.perf_counter()
-        if self.dir is not None:
-            check_state(method, out, resume, name)
 
     def start(self, modules: dict[str, nn.Module], optimizers: dict, rng: random.Random | None = None) -> int:
         """The first step to run: 1, or the one after the saved step, with everything restored."""

@@ -67,6 +67,7 @@ def build(
 ) -> None:
     """Train a zoo model from scratch, seeded and reproducible, into a folder."""
     from guardgen import zoo
+    from guardgen.checkpoint import check_out
 
     overrides = {"seed": seed, "device": device, "mixed_precision": mixed_precision, **parse_sets(set_)}
     if steps is not None:
@@ -75,8 +76,6 @@ def build(
         overrides["epochs"] = epochs
     if exclude:
         overrides["exclude"] = _parse_classes(exclude)
-    from guardgen.checkpoint import check_out
-
     zoo.settings(name, overrides)  # bad settings fail here, before the progress bar
     user_dir = zoo.user_zoo_dir()
     out = out or ((user_dir / name) if user_dir else Path("runs/zoo") / name)
@@ -109,15 +108,13 @@ def show(
 
     import torch
 
-    from guardgen.checkpoint import save_json
+    from guardgen.checkpoint import check_out, save_json
     from guardgen.data import load_mnist
     from guardgen.data.generated import save_grid
     from guardgen.metrics import accuracy, class_rates
     from guardgen.models import load_model, resolve
     from guardgen.models.diffusion import sample_images
     from guardgen.utils import predict_logits
-
-    from guardgen.checkpoint import check_out
 
     spec = name if (":" in name or "/" in name or Path(name).exists()) else f"zoo:{name}"
     ref = resolve(spec)
