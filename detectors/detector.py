@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,6 @@ from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFlo
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["Detector", "DetectorModule"]
-
-MODES = ("finetune", "linear_probe")
-RESIZES = ("bilinear", "bicubic", "nearest", "none")
 
 
 class DetectorModule(nn.Module):
@@ -82,20 +80,20 @@ class Detector:
     """Real (0) vs generated (1) images; ``fit(real, fake)``, ``predict_proba(images) -> (N,) p_fake``."""
 
     backbone: str = "resnet50"
-    mode: str = "finetune"  # "finetune" | "linear_probe" (frozen backbone, linear head)
+    mode: Literal["finetune", "linear_probe"] = "finetune"  # linear_probe: frozen backbone, linear head
     model_args: dict = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. patch_size, width)
     pretrained_file: str = ""  # local .safetensors backbone weights (nothing is downloaded)
     input_size: NonNegInt = 0  # 0: the training images' size
     in_chans: NonNegInt = 0  # 0: the training images' channels
-    resize: str = "bilinear"
-    crop: str = "none"  # "none" | "center"
+    resize: Literal["bilinear", "bicubic", "nearest", "none"] = "bilinear"
+    crop: Literal["none", "center"] = "none"
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     epochs: NonNegInt = 5
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegFloat = 1e-4
-    lr_schedule: str = "cosine"  # "cosine" (decay to 0 over the run, per step) | "constant"
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: decay to 0 over the run, per step
     # training augmentation as CNNDetection (Wang et al., CVPR 2020): each image is blurred with probability
     # ``augment`` (sigma uniform in ``blur_sigma``, px) and, independently, JPEG re-encoded (quality uniform in
     # ``jpeg_quality``); 0 = off. Wang et al. use 0.1 and 0.5 with sigma 0-3 at 256 px; scale sigma to the image size.
@@ -118,14 +116,6 @@ class Detector:
 
         check_settings(self, name="detector")
         check_architecture(self.backbone)
-        if self.mode not in MODES:
-            raise GuardgenError(f"unknown detector mode {self.mode!r}; use finetune or linear_probe")
-        if self.resize not in RESIZES:
-            raise GuardgenError(f"unknown resize {self.resize!r}; use one of {', '.join(RESIZES)}")
-        if self.crop not in ("none", "center"):
-            raise GuardgenError(f"unknown crop {self.crop!r}; use none or center")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise GuardgenError(f"unknown lr_schedule {self.lr_schedule!r}; use cosine or constant")
         if self.augment and self.mode == "linear_probe":
             raise GuardgenError("augment needs mode finetune (the linear probe trains on features computed once)")
         if len(self.blur_sigma) != 2 or len(self.jpeg_quality) != 2:

@@ -251,6 +251,8 @@ def _scan(root: Path, layout: str) -> tuple[list[tuple[Path, int]], list[str], s
     for path, label in found:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             items.append((path, label))
+        elif path.suffix.lower() == ".gif":  # palette-quantised (and maybe animated): a format shortcut, not a sample
+            report.skipped.append((str(path), "GIF is not read (its palette would mark the image); convert it to PNG"))
         else:
             report.skipped.append((str(path), f"not an image file ({path.suffix or 'no suffix'})"))
     return items, class_names, layout, report

@@ -20,13 +20,14 @@ def _img(path, value, size=8, mode="L", fmt="PNG"):
 
 @pytest.fixture
 def messy(tmp_path):
-    """0_real/1_fake with 3 gray PNGs, 2 RGB JPEGs and 3 bad files, 2 hidden ones."""
+    """0_real/1_fake with 3 gray PNGs, 2 RGB JPEGs, a GIF and 3 bad files, 2 hidden ones."""
     root = tmp_path / "messy"
     for i, v in enumerate((10, 20, 30)):
         _img(root / "0_real" / f"r{i}.png", v)
     for i in range(2):
         _img(root / "1_fake" / f"f{i}.jpg", (250, 250, 250), mode="RGB", fmt="JPEG")
     (root / "1_fake" / "notes.txt").write_text("not an image")
+    _img(root / "1_fake" / "anim.gif", 250, fmt="GIF")
     (root / "1_fake" / "empty.png").write_bytes(b"")
     noise = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
     Image.fromarray(noise).save(root / "0_real" / "truncated.png")
@@ -43,10 +44,11 @@ def test_binary_layout_skips_bad_files_and_ignores_hidden(messy):
     assert data.class_names == ["real", "fake"] and data.name == "messy"
     assert data.images.shape == (5, 1, 8, 8) and data.images.dtype == torch.float32
     assert data.labels.dtype == torch.int64 and data.labels.tolist() == [0, 0, 0, 1, 1]
-    assert report.loaded == 5 and len(report.skipped) == 3
+    assert report.loaded == 5 and len(report.skipped) == 4
     reasons = {p.split("/")[-1]: r for p, r in report.skipped}
-    assert set(reasons) == {"notes.txt", "empty.png", "truncated.png"}
+    assert set(reasons) == {"notes.txt", "anim.gif", "empty.png", "truncated.png"}
     assert reasons["empty.png"] == "empty file" and "not an image" in reasons["notes.txt"]
+    assert reasons["anim.gif"].startswith("GIF is not read")
     assert reasons["truncated.png"].startswith("unreadable image (OSError")
     # sorted order, lossless PNG values, JPEG close
     assert torch.allclose(data.images[:3].flatten(1).mean(1), torch.tensor([10, 20, 30]) / 255)
@@ -166,7 +168,7 @@ def test_missing_and_empty_folders(tmp_path):
 def test_lazy_dataset(messy):
     ds = ImageFolderDataset(messy, resolution=4)
     assert len(ds) == 5 and ds.report.loaded == 5 and ds.channels == 1
-    assert {p.split("/")[-1] for p, _ in ds.report.skipped} == {"notes.txt", "empty.png", "truncated.png"}
+    assert {p.split("/")[-1] for p, _ in ds.report.skipped} == {"notes.txt", "anim.gif", "empty.png", "truncated.png"}
     assert ds.class_names == ["real", "fake"] and ds.labels.tolist() == [0, 0, 0, 1, 1]
     x, y = ds[4]
     assert x.shape == (1, 4, 4) and x.dtype == torch.float32 and y == 1 and x.min() > 0.9
