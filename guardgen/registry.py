@@ -134,8 +134,8 @@ def check_settings(obj, *, name: str = "") -> None:
 
 
 def _check_ranges(value, hint) -> None:
-    """Raise _OutOfRange if ``value`` lies outside a Range or a Literal's choices of ``hint`` (looking inside the
-    Annotated members of X | None)."""
+    """Raise _OutOfRange if ``value`` lies outside a Range or a Literal's choices of ``hint`` (looking inside X of
+    X | None)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
         for bound in (m for m in args[1:] if isinstance(m, Range)):
@@ -145,8 +145,9 @@ def _check_ranges(value, hint) -> None:
         if value not in args:
             raise _OutOfRange(_type_name(hint))
     elif origin in (typing.Union, types.UnionType) and value is not None:
-        for arg in (a for a in args if typing.get_origin(a) is Annotated):
-            _check_ranges(value, arg)
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:  # X | None: X's range or choices (a wider union is checked by its type alone)
+            _check_ranges(value, members[0])
 
 
 def _coerce(value, hint):

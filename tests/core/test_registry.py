@@ -62,6 +62,7 @@ class _Bounded:
     folds: Annotated[int, Range(2)] = 2
     limit: PositiveInt | None = None
     mode: Literal["fast", "slow"] = "fast"
+    fallback: Literal["fast", "slow"] | None = None
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -76,6 +77,7 @@ class _Bounded:
     ({"limit": 0}, "setting limit=0: must be >= 1"),
     ({"limit": "x"}, "setting limit='x': expected a whole number or null"),
     ({"mode": "medium"}, "setting mode='medium': expected one of fast, slow"),
+    ({"fallback": "medium"}, "setting fallback='medium': expected one of fast, slow or null"),
 ])
 def test_configure_refuses_values_out_of_range(settings, message):
     with pytest.raises(GuardgenError) as err:
@@ -95,6 +97,9 @@ def test_check_settings_catches_an_object_built_directly():
         check_settings(_Bounded(share=-0.1), name="sfd-like")
     with pytest.raises(GuardgenError, match=r"^sfd-like: setting mode='medium': must be one of fast, slow$"):
         check_settings(_Bounded(mode="medium"), name="sfd-like")
+    check_settings(_Bounded(fallback="slow"))
+    with pytest.raises(GuardgenError, match=r"^sfd-like: setting fallback='medium': must be one of fast, slow$"):
+        check_settings(_Bounded(fallback="medium"), name="sfd-like")
 
 
 def test_every_registered_method_and_zoo_config_keeps_its_own_ranges():
