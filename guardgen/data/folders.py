@@ -14,6 +14,7 @@ ignored. Corrupt, empty or non-image files are skipped and listed in a :class:`L
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,9 @@ __all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "MixedSizes", "load_image_
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUTS = ("auto", "binary", "per_source", "flat")
 _REAL, _FAKE = ("0_real", "real"), ("1_fake", "fake")
-_GRAY_MODES = ("1", "L", "LA", "La", "F")
+_GRAY_MODES = ("1", "L", "LA", "La")
+_FLOAT_MODE = "32-bit float image: its value range is not defined; save it as an 8- or 16-bit image"
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclass(kw_only=True)
@@ -53,12 +56,19 @@ class MixedSizes(GuardgenError):
 def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """One image file as (C, H, W) float32 in [0, 1]; ``channels`` 1 (gray), 3 (RGB) or None (the file's own).
 
-    16-bit files keep their full range. Raises whatever Pillow raises on a bad file.
+    16-bit files keep their full range; an EXIF orientation is applied (the image as a viewer shows it). A
+    32-bit float file is refused (ValueError): its value range is not defined. Otherwise raises whatever Pillow
+    raises on a bad file.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    with Image.open(path) as img:
+    with warnings.catch_warnings(), Image.open(path) as img:
+        # a large image is read and resized like any other; beyond twice Pillow's limit it still raises
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img.load()
+        if img.mode == "F":
+            raise ValueError(_FLOAT_MODE)
+        img = ImageOps.exif_transpose(img)
         wide = img.mode.startswith("I")  # 16/32-bit integer gray
         channels = channels or (1 if wide or img.mode in _GRAY_MODES else 3)
         if wide:
@@ -122,9 +132,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         size = None
         for path, label in items:
             try:
-                with Image.open(path) as img:
+                with warnings.catch_warnings(), Image.open(path) as img:
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                     mode, this_size = img.mode, img.size
+                    if _turned(img):  # read_image turns it upright
+                        this_size = this_size[::-1]
                     img.verify()
+                if mode == "F":
+                    raise ValueError(_FLOAT_MODE)
             except Exception as err:  # noqa: BLE001 - any failure to open means a bad file: skip it
                 self.report.skipped.append((str(path), _reason(path, err)))
                 continue
@@ -160,6 +175,22 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return x, label
 
 
+def _turned(img) -> bool:
+    """Whether ``img``'s EXIF orientation swaps its width and height, read from the header (no decoding, so
+    ``verify()`` can follow)."""
+    from PIL import Image
+
+    tags = getattr(img, "tag_v2", None)  # TIFF keeps it as a tag
+    if tags is not None:
+        return tags.get(0x0112) in _TRANSPOSED
+    raw = img.info.get("exif")
+    if not raw:
+        return False
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(0x0112) in _TRANSPOSED
+
+
 def _check_args(resolution, channels, layout) -> None:
     if layout not in LAYOUTS:
         raise GuardgenError(f"unknown folder layout {layout!r}; use one of {', '.join(LAYOUTS)}")
@@ -190,6 +221,8 @@ def _reason(path: Path, err: Exception) -> str:
         return "empty file"
     if isinstance(err, UnidentifiedImageError):
         return "not a recognised image"
+    if str(err) == _FLOAT_MODE:
+        return _FLOAT_MODE
     first = (str(err).splitlines() or [""])[0][:80]
     kind = err.__class__.__name__
     return f"unreadable image ({kind}: {first})" if first else f"unreadable image ({kind})"

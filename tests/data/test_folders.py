@@ -228,3 +228,23 @@ def test_out_inside_an_input_folder_is_refused(tmp_path):
         check_out(tmp_path, data={"--data": tmp_path / "data"})
     check_out(tmp_path, replaces=False, data={"--data": tmp_path / "data"})  # writes beside it: fine
     check_out(tmp_path / "run", data={"--data": tmp_path / "data", "--real": "mnist", "--unused": None})
+
+
+def test_float_images_are_refused_and_exif_orientation_is_applied(tmp_path):
+    from guardgen.data.folders import read_image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 0.7, dtype=np.float32)).save(folder / "float.tiff")  # mode F: range undefined
+    with pytest.raises(ValueError, match="32-bit float image"):
+        read_image(folder / "float.tiff")
+    wide = np.zeros((8, 16), dtype=np.uint8)  # H 8, W 16; orientation 6: a viewer turns it to H 16, W 8
+    wide[:, :4] = 255  # the left edge bright -> after the turn, the top edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(wide).save(folder / "turned.png", exif=exif)
+    x = read_image(folder / "turned.png")
+    assert x.shape == (1, 16, 8) and x[0, :4].min() == 1 and x[0, 4:].max() == 0
+    for data, report in (load_image_folder(folder, layout="flat"), (None, ImageFolderDataset(folder, layout="flat").report)):
+        assert report.loaded == 1 and report.skipped[0][1].startswith("32-bit float image")
+    assert ImageFolderDataset(folder, layout="flat")[0][0].shape == (1, 16, 8)
