@@ -183,10 +183,16 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     return path
 
 
-def check_safetensors(path: str | os.PathLike) -> None:
+# int64 is a counter or an index (BatchNorm, position ids); narrower integers are quantised weights
+_INTEGER_WEIGHTS = {"I8": "int8", "U8": "uint8", "I16": "int16", "U16": "uint16", "I32": "int32", "U32": "uint32"}
+
+
+def check_safetensors(path: str | os.PathLike, *, weights: bool = False) -> None:
     """Validate a safetensors file's header and length without reading the tensors (cheap).
 
-    Raises a one-line GuardgenError for a truncated, padded or garbled file.
+    Raises a one-line GuardgenError for a truncated, padded or garbled file, and, with ``weights=True`` (a
+    model's weights), for a tensor of a narrow integer type: a quantised checkpoint, which would otherwise be
+    cast to floats silently and run as garbage.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -202,21 +208,27 @@ def check_safetensors(path: str | os.PathLike) -> None:
                 end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
                 if 8 + n + end != size:
                     problem = f"expected {8 + n + end} bytes, found {size}"
+                narrow = next((k for k, v in header.items() if k != "__metadata__" and v["dtype"] in _INTEGER_WEIGHTS), None)
+                if weights and not problem and narrow is not None:
+                    raise GuardgenError(f"{path}: weight {narrow} is {_INTEGER_WEIGHTS[header[narrow]['dtype']]}; "
+                                        "guardgen loads floating-point weights (a quantised checkpoint is not supported)")
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError):
                 problem = "unreadable header"
     if problem:
         raise GuardgenError(f"{path}: corrupt or truncated safetensors file ({problem}); rebuild or re-download it")
 
 
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a missing, truncated or corrupt file raises a one-line GuardgenError."""
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+                     weights: bool = False) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupt file raises a one-line GuardgenError, and so does,
+    with ``weights=True``, a model's weights of a narrow integer type (:func:`check_safetensors`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise GuardgenError(f"{path}: a folder, not a .safetensors file" if path.is_dir() else f"{path}: no such weight file")
-    check_safetensors(path)
+    check_safetensors(path, weights=weights)
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -233,7 +245,7 @@ def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_safetensors(path)
+        return load_safetensors(path, weights=True)
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise GuardgenError(
@@ -295,7 +307,7 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict, dict[str, dict[str
     if not folder.is_dir():
         raise GuardgenError(f"{folder}: no such checkpoint folder")
     config = load_json(folder / "config.json")
-    weights = {p.stem: load_safetensors(p) for p in sorted(folder.glob("*.safetensors"))}
+    weights = {p.stem: load_safetensors(p, weights=True) for p in sorted(folder.glob("*.safetensors"))}
     return config, weights
 
 

@@ -175,11 +175,12 @@ def _first_line(err: Exception) -> str:
 
 
 def _check_weights(folder: Path) -> None:
-    """Fail early, in one line, on a truncated or corrupt safetensors file anywhere in the folder."""
+    """Fail early, in one line, on a truncated or corrupt safetensors file anywhere in the folder, or on integer
+    (quantised) weights."""
     from guardgen.checkpoint import check_safetensors
 
     for path in folder.rglob("*.safetensors"):
-        check_safetensors(path)
+        check_safetensors(path, weights=True)
     pickles = [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     if pickles and not any(folder.rglob("*.safetensors")):
         raise GuardgenError(f"{pickles[0]}: only pickle weights here; guardgen loads safetensors (convert the folder first)")

@@ -295,7 +295,7 @@ def _build(folder: Path, architecture: str, role: str, cls: type[nn.Module], arg
         raise GuardgenError(f"{folder}/config.json: bad {role}_args for {architecture!r} ({err})") from None
     path = folder / f"{role}.safetensors"
     try:
-        model.load_state_dict(load_safetensors(path))
+        model.load_state_dict(load_safetensors(path, weights=True))
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise GuardgenError(

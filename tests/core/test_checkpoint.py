@@ -26,6 +26,17 @@ def test_truncated_safetensors_is_one_line_error(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_integer_weights_are_refused_where_weights_are_loaded(tmp_path):
+    path = save_safetensors({"w": torch.randn(4).to(torch.int8), "bn.num_batches_tracked": torch.tensor(3)},
+                            tmp_path / "m.safetensors")
+    assert load_safetensors(path)["w"].dtype == torch.int8  # any tensor file reads as it is ...
+    with pytest.raises(GuardgenError, match=r"weight w is int8; guardgen loads floating-point weights") as info:
+        load_state_dict(path)  # ... but not as a model's weights
+    assert "\n" not in str(info.value)
+    save_safetensors({"w": torch.randn(4), "bn.num_batches_tracked": torch.tensor(3)}, path)  # int64 counters are fine
+    assert load_state_dict(path)["bn.num_batches_tracked"].item() == 3
+
+
 def test_pickle_refused_unless_asked_then_weights_only(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"w": torch.ones(2)}, path)

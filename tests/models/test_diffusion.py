@@ -72,6 +72,15 @@ def test_truncated_unet_weights_fail_in_one_line(tiny_class_pipeline):
         load_diffusion(tiny_class_pipeline)
 
 
+def test_quantised_unet_weights_are_refused(tiny_class_pipeline):
+    from safetensors.torch import load_file, save_file
+
+    weights = next((tiny_class_pipeline / "unet").glob("*.safetensors"))
+    save_file({k: (v * 100).to(torch.int8) for k, v in load_file(str(weights)).items()}, str(weights))
+    with pytest.raises(GuardgenError, match=r"is int8; guardgen loads floating-point weights"):
+        load_diffusion(tiny_class_pipeline)
+
+
 def test_pickle_only_folder_is_refused(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
