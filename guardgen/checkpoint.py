@@ -73,8 +73,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole."""
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole. Where ``path`` is a
+    symbolic link, the folder it points to is replaced and the link kept."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -110,6 +113,8 @@ def check_out(out: str | os.PathLike | None, inputs: dict | list[tuple[str, Any]
     if out is None:
         return
     out = Path(out)
+    if out.is_symlink() and out.exists():
+        out = out.resolve()  # the result goes where the link points (atomic_dir)
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists() or p.is_symlink())
     if existing.is_symlink() and not existing.exists():
         raise GuardgenError(f"{option} {out}: {existing} is a broken link")
@@ -180,6 +185,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        tmp.chmod(0o666 & ~_umask())  # safetensors writes a new file of its own, 0600
     return path
 
 

@@ -120,12 +120,25 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         save_json({"a": 1}, tmp_path / "x.json")
+        save_safetensors({"w": torch.ones(1)}, tmp_path / "x.safetensors")
         with atomic_dir(tmp_path / "folder") as tmp:
             (tmp / "f").write_text("1")
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "x.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+def test_atomic_dir_through_a_link_replaces_the_linked_folder_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "stale").write_text("0")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with atomic_dir(tmp_path / "link") as tmp:
+        (tmp / "f").write_text("1")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link" / "f").read_text() == "1"
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["f"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # nothing left beside them
 
 
 def test_a_folder_given_for_a_file_and_an_unwritable_place_are_named(tmp_path):
