@@ -43,7 +43,7 @@ from attacks import ATTACKS
 from attacks.latent_guidance import AttributeGuide, detector_scores, detector_views, parse_attribute  # noqa: F401
 from attacks.latent_spaces import LatentSpace, latent_space, parse_layers
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Seed, check_settings
 from guardgen.utils import Callback
 
 __all__ = ["LatentEvasion", "LatentEvasionResult", "detector_views", "detector_scores", "parse_attribute"]
@@ -111,7 +111,7 @@ class LatentEvasion:
     threshold: OpenUnitFloat = 0.5  # success: p_fake < threshold under a detector
     early_stop: bool = False  # stop a batch once every image fools every attacked detector with its attribute
     batch_size: PositiveInt = 64
-    seed: int = 0
+    seed: Seed = 0
 
     def _validate_params(self) -> None:
         check_settings(self, name="latent_evasion")

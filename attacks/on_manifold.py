@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from attacks import ATTACKS
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Seed, check_settings
 from guardgen.utils import Callback
 
 __all__ = ["OnManifoldAttack", "OnManifoldResult", "latent_sampler"]
@@ -120,7 +120,7 @@ class OnManifoldAttack:
     renormalize: bool = True  # keep ||z_T|| = sqrt(d) after every step
     checkpointing: bool = True
     batch_size: PositiveInt = 32
-    seed: int = 0
+    seed: Seed = 0
 
     def _validate_params(self) -> None:
         check_settings(self, name="on_manifold")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from attacks import ATTACKS
 from guardgen.errors import GuardgenError
+from guardgen.registry import Seed
 
 __all__ = ["PromptSearch"]
 
@@ -30,7 +31,7 @@ class PromptSearch:
     steps: int = 30
     candidates: int = 64  # proposals scored per step
     max_words: int = 10
-    seed: int = 0
+    seed: Seed = 0
     history_: list = field(default_factory=list, init=False, repr=False)
 
     def fit(self, encode: Callable[[list[str]], torch.Tensor], targets: torch.Tensor, *, start: Sequence[str],

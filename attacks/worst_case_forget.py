@@ -47,7 +47,7 @@ from attacks import ATTACKS
 from guardgen.checkpoint import (atomic_dir, check_resumable, fingerprint, load_json, load_safetensors, save_json,
                                  save_safetensors, settings_record)
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Seed, check_settings
 from guardgen.utils import Callback, make_accelerator
 
 __all__ = ["WorstCaseForget", "project_capped_simplex"]
@@ -99,7 +99,7 @@ class WorstCaseForget:
     eval_per_class: PositiveInt = 32  # diffusion: images per class for the upper-level denoising loss
     upper_signal: Literal["loss", "gap", "ratio"] = "loss"  # "loss" (the paper's); classifiers: "gap" (vs a held-out reference); diffusion: "ratio"
     reference_folds: int = 2  # upper_signal="gap": reference models, each holding out one fold of the selection units
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     history_: list = field(default_factory=list, init=False, repr=False)
 

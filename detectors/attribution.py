@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from detectors import DETECTORS
 from detectors.attribution_parts import AttributionNet, WTAHash, discovery_metrics, merge_clusters
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Range, SubUnitFloat, UnitFloat, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Range, Seed, SubUnitFloat, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["OpenWorldAttribution", "AttributionNet", "WTAHash", "merge_clusters", "discovery_metrics", "OOD_SCORERS"]
@@ -118,7 +118,7 @@ class OpenWorldAttribution:
     svm_c: PositiveFloat = 1.0
     rounds: PositiveInt = 3
     max_reference: PositiveInt = 400  # reference codes per class kept for WTA thresholds
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     history_: list = field(default_factory=list, init=False, repr=False)

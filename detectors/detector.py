@@ -29,7 +29,7 @@ from detectors.evaluate import perturb
 from guardgen.checkpoint import load_json, load_training_state, save_training_state, settings_record
 from guardgen.data import to_channels
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, UnitFloat, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Seed, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["Detector", "DetectorModule"]
@@ -105,7 +105,7 @@ class Detector:
     checkpoint_every: PositiveInt = 500  # steps between training states written to fit's state_dir (and at each epoch's end)
     log_every: PositiveInt = 10  # steps between reads of the loss from the device (one host sync each, as nanoGPT's
     # log_interval): the finiteness check, the history and the callbacks catch up then, step by step
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
 

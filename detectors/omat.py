@@ -35,7 +35,7 @@ from detectors import DETECTORS
 from detectors.detector import Detector
 from guardgen.checkpoint import check_resumable, load_safetensors, save_safetensors, settings_record
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveInt, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveInt, Seed, check_settings
 from guardgen.utils import Callback
 
 __all__ = ["OMAT", "generator_conditions"]
@@ -69,7 +69,7 @@ class OMAT:
     keep: str = "all"  # "all" attacked images join the pool, or only the "success"ful ones
     pool_repeat: PositiveInt = 1  # how many times the pool is repeated in the fake class (up-weighting)
     lr: NonNegFloat = 0.0  # learning rate of the adversarial rounds (0: a quarter of the detector's, a fine-tuning rate)
-    seed: int = 0
+    seed: Seed = 0
 
     def _validate_params(self) -> None:
         check_settings(self, name="omat")

@@ -41,11 +41,16 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
+        def num(v) -> str:
+            return str(v) if isinstance(v, int) else f"{v:g}"
+
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'>' if self.low_open else '>='} {num(self.low)}"
+        return f"in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}{')' if self.high_open else ']'}"
 
 
+SEED_MAX = 2**32 - 1  # torch's CPU generator keeps a seed's low 32 bits: a larger seed would repeat a smaller one
+Seed = Annotated[int, Range(0, SEED_MAX)]
 PositiveInt = Annotated[int, Range(1)]  # counts: iterations, epochs, batch sizes, sampler steps
 NonNegInt = Annotated[int, Range(0)]  # counts where 0 means "none" or "off"
 PositiveFloat = Annotated[float, Range(0, low_open=True)]  # learning rates, clipping thresholds

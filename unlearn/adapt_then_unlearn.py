@@ -56,7 +56,7 @@ from torch import nn
 
 from guardgen.checkpoint import fingerprint, load_training_state, save_training_state
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Seed, UnitFloat, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 from unlearn._resume import LoopState, check_state, method_settings, set_task
@@ -287,7 +287,7 @@ class _GANUnlearnBase:
     feature_min_prob: UnitFloat = 0.0  # class classifiers: also p(forgotten) >= this shows the feature (0: argmax only)
     latent_dim: NonNegInt = 0  # 0: read generator.latent_dim
     checkpoint_every: PositiveInt = 100  # iterations between training states in out/training_state (with out=)
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     history_: list = field(default_factory=list, init=False, repr=False)

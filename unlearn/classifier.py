@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, SubUnitFloat, UnitFloat, check_settings
+from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, Seed, SubUnitFloat, UnitFloat, check_settings
 from guardgen.utils import Callback, make_accelerator, prepare, seed_everything
 from unlearn import UNLEARN
 
@@ -61,7 +61,7 @@ class ClassifierUnlearner:
     momentum: SubUnitFloat = 0.9
     weight_decay: NonNegFloat = 5e-4
     batch_size: PositiveInt = 128
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     history_: list = field(default_factory=list, init=False, repr=False)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for, ddim_sample
-from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, check_settings
+from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, Seed, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 from unlearn._resume import LoopState, check_state, set_task
@@ -38,7 +38,7 @@ class ESD:
     ddim_steps: PositiveInt = 10  # the partial sampler that produces x_t
     train: Literal["all", "cross_attn", "non_cross_attn"] = "all"  # cross_attn: ESD-x; non_cross_attn: ESD-u
     checkpoint_every: PositiveInt = 50  # iterations between training states in out/training_state (with out=)
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     history_: list = field(default_factory=list, init=False, repr=False)

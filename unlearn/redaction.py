@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Seed, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 from unlearn._resume import LoopState, check_state, set_task
@@ -65,7 +65,7 @@ class Redaction:
     replace: dict = field(default_factory=dict)
     keyword_prompts: NonNegInt = 512  # prompts made by inserting each key into retained and random prompts
     checkpoint_every: PositiveInt = 100  # iterations between training states in out/training_state (with out=)
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     history_: list = field(default_factory=list, init=False, repr=False)

@@ -16,7 +16,7 @@ from typing import ClassVar, Sequence
 
 from guardgen.checkpoint import load_json
 from guardgen.errors import GuardgenError
-from guardgen.registry import PositiveInt, check_settings
+from guardgen.registry import PositiveInt, Seed, check_settings
 from guardgen.utils import Callback
 from unlearn import UNLEARN
 
@@ -30,7 +30,7 @@ class Retrain:
     zoo_name: str = ""  # which zoo recipe to rerun (set from the model spec by the CLI)
     steps: PositiveInt | None = None  # None: the zoo model's own training length
     zoo_overrides: dict = field(default_factory=dict)  # any other field of the zoo model's config
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
 

@@ -48,7 +48,7 @@ import torch
 from guardgen.checkpoint import load_training_state, save_training_state
 from guardgen.errors import GuardgenError
 from guardgen.models.conditioning import conditioning_for, ddim_sample, guided_eps
-from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Range, check_settings
+from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Range, Seed, check_settings
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 from unlearn import UNLEARN
 from unlearn._resume import check_state, method_settings, set_task
@@ -100,7 +100,7 @@ class SFD:
     regression_steps: PositiveInt = 20  # DDIM steps of the teacher's deterministic sampler that makes the pairs
     regression_retain_batch: NonNegInt = 6  # retained slots of each batch that take a pair's noise and condition
     regression_forget_batch: NonNegInt = 4  # ... and forgotten slots (their pair's target is the override's sample)
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     checkpoint_every: PositiveInt = 50

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from guardgen.errors import GuardgenError
+from guardgen.registry import SEED_MAX
 
 __all__ = ["AuditConfig", "DEFAULT_THRESHOLDS", "SCHEMA", "SCHEMA_VERSION"]
 
@@ -129,8 +130,8 @@ class AuditConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise GuardgenError(f"audit setting {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise GuardgenError(f"audit setting seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise GuardgenError(f"audit setting seed must be an integer in [0, {SEED_MAX}], got {self.seed!r}")
         if not self.mia_timesteps or not all(0 <= t < 1000 for t in self.mia_timesteps):
             raise GuardgenError(f"audit setting mia_timesteps needs timesteps in [0, 1000) (a 1000-step schedule), got {list(self.mia_timesteps)}")
         if self.guidance_scale is not None and not 0 <= self.guidance_scale < float("inf"):

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, err_console, guarded, note_fresh, parse_sets, progress_callback, results_table
-from guardgen.registry import configure
+from guardgen.registry import SEED_MAX, configure
 
 __all__ = ["app"]
 
@@ -100,7 +100,7 @@ def worst_case_forget(
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs of the evaluation unlearning.", show_default="the method's")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Method hyperparameter KEY=VALUE (repeatable).")] = [],
     out: Annotated[Path, typer.Option(help="Run folder: indices.json, gallery.png, metrics.json.")] = Path("runs/worst-case-forget"),
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search from --out's training_state/ "
                                          "(reference losses, upper steps and a finished search kept; the evaluation runs whole).")] = False,
@@ -231,7 +231,7 @@ def evade(
     candidates: Annotated[int, typer.Option(min=1, help="Start from the best of k random codes for the attribute.", rich_help_panel=P_BUDGET)] = 32,
     restarts: Annotated[int, typer.Option(min=0, help="Fresh starts (each a full --steps run) for images that end a run unsuccessful.", rich_help_panel=P_BUDGET)] = 2,
     out: Annotated[Path, typer.Option(help="Run folder: gallery.png (before/after), adversarial/, results.json.", rich_help_panel=P_OUT)] = Path("runs/evade"),
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
 ) -> None:
     """Latent evasion: search a GAN's latent space for images the detectors call real, keeping an attribute."""
     import torch

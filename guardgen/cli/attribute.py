@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
-from guardgen.registry import configure
+from guardgen.registry import SEED_MAX, configure
 
 __all__ = ["app"]
 
@@ -104,7 +104,7 @@ def fit(
     resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="keep")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any OpenWorldAttribution setting: KEY=VALUE.")] = [],
     out: Annotated[Path, typer.Option(help="Folder for the attribution model.")] = Path("runs/attribute"),
-    seed: Annotated[int, typer.Option(min=0, help="Random seed (sampling and training).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (sampling and training).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Train closed-set attribution on the seen sources (and discover in --unlabeled if given)."""
@@ -149,7 +149,7 @@ def discover(
     online: Annotated[bool, typer.Option(help="Add the images to the model's pool (partial_fit) instead of replacing it.")] = False,
     resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="the model's")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to save the updated model.", show_default="MODEL_DIR")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed for sampling GAN sources.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:
     """Discover unseen sources among unlabelled images; labels of --data/--source are used only to score the result."""
     from detectors.attribution import OpenWorldAttribution, discovery_metrics
@@ -184,7 +184,7 @@ def predict(
     per_source: PerSourceOpt = 200,
     resolution: Annotated[Optional[int], typer.Option(min=1, help="Resize all images to this size.", show_default="the model's")] = None,
     out: Annotated[Path, typer.Option(help="Folder for predictions.json.")] = Path("runs/attribute-predict"),
-    seed: Annotated[int, typer.Option(min=0, help="Random seed for sampling GAN sources.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed for sampling GAN sources.")] = 0,
 ) -> None:
     """Attribute images: a seen source, a discovered cluster, or unknown; per-image results in predictions.json."""
     import torch

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, err_console, guarded, parse_sets
+from guardgen.registry import SEED_MAX
 
 __all__ = ["app"]
 
@@ -33,7 +34,7 @@ def audit(
     shards: Annotated[Optional[tuple[str, str]], typer.Option(help="Two shard models for the copyright (NAF) section.", rich_help_panel=PANEL_INPUTS)] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with budgets and thresholds (see report.json 'config').", rich_help_panel=PANEL_BUDGET)] = None,
     set_: Annotated[list[str], typer.Option("--set", help="KEY=VALUE: a budget (samples_per_class=20) or a threshold (thresholds.membership.auroc.fail=0.8).", rich_help_panel=PANEL_BUDGET)] = [],
-    seed: Annotated[Optional[int], typer.Option(min=0, help="Random seed (default: the config's, 0).", rich_help_panel=PANEL_BUDGET)] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=SEED_MAX, help="Random seed (default: the config's, 0).", rich_help_panel=PANEL_BUDGET)] = None,
     fail_on: Annotated[str, typer.Option(help="Exit 1 when the overall verdict is at least this: fail, warn or never.", rich_help_panel=PANEL_BUDGET)] = "never",
 ) -> None:
     """Audit a generative checkpoint: provenance, quality, concept leakage, memorization, membership inference,

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, note_fresh, parse_sets, progress_callback, results_table
+from guardgen.registry import SEED_MAX
 
 __all__ = ["app"]
 
@@ -31,7 +32,7 @@ def shard(
     threshold: Annotated[float, typer.Option(min=0.0, help="Near-duplicate RMS pixel distance (images pooled to --size).", rich_help_panel=PANEL_DEDUP)] = 0.03,
     size: Annotated[int, typer.Option(min=1, help="Pooling size of the perceptual pixel distance.", rich_help_panel=PANEL_DEDUP)] = 8,
     resolution: Annotated[int, typer.Option(min=1, help="Image resolution.")] = 16,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
 ) -> None:
     """Split a dataset into disjoint shards with every protected work and its near-duplicates in one shard."""
     from guardgen.checkpoint import check_out
@@ -89,7 +90,7 @@ def train(
     model: Annotated[list[str], typer.Option(help="Which models to train: full, shard-0, ...", show_default="all")] = [],
     steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model.", show_default="the zoo's")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any mnist-ddpm setting: KEY=VALUE (block_out_channels=[16,32,32]); seed and device through their options.")] = [],
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Keep the models already finished in --out and continue the "
                                          "interrupted one from its training_state/.")] = False,
@@ -139,7 +140,7 @@ def sample(
     shards: Annotated[Optional[Path], typer.Option(help="Shards folder: report reproduction of its protected works.")] = None,
     delta: Annotated[float, typer.Option(min=0.0, help="Reproduction: RMS pixel distance to a protected work below this.")] = 0.1,
     out: Annotated[Path, typer.Option(help="Output folder (grid.png, grid_full.png, results.json).")] = Path("runs/naf/sample"),
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
 ) -> None:
     """CP-k: rejection-sample the full model, keeping samples whose log-ratio to every shard model is <= k."""
     from guardgen.checkpoint import save_json

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, err_console, guarded, note_fresh, parse_sets, progress_callback, results_table
+from guardgen.registry import SEED_MAX
 
 __all__ = ["app"]
 
@@ -168,7 +169,7 @@ def train(
     attack_steps: Annotated[int, typer.Option(min=0, help="Attack steps on z_T per image.", rich_help_panel=P_OMAT)] = 10,
     attack_lr: Annotated[float, typer.Option(rich_help_panel=P_OMAT)] = 0.1,
     out: Annotated[Path, typer.Option(help="Detector folder (config.json, model.safetensors, results.json).", rich_help_panel=P_OUT)] = Path("runs/detect"),
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out (its training_state/): "
@@ -289,7 +290,7 @@ def eval_(
     robustness: Annotated[bool, typer.Option(help="Robustness grid (JPEG, resize, blur, noise) and format-shortcut control.")] = False,
     n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the CIs.")] = 300,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json here.", rich_help_panel=P_OUT)] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 1,
 ) -> None:
     """Per-generator table: accuracy on reals and fakes, AUROC, AP, TPR@FPR (threshold from held-out reals), CIs."""
     import torch
@@ -399,7 +400,7 @@ def attack(
     sample_steps: Annotated[int, typer.Option(min=1, help="DDIM steps of the differentiable sampler.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, )] = 16,
     out: Annotated[Optional[Path], typer.Option(help="Save the adversarial images, a grid and results.json here.")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
 ) -> None:
     """On-manifold attack: optimise a diffusion model's z_T until the detector calls its image real."""
     from attacks.on_manifold import OnManifoldAttack

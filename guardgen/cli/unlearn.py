@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, note_fresh, parse_sets, progress_callback, results_table
-from guardgen.registry import configure
+from guardgen.registry import SEED_MAX, configure
 
 __all__ = ["app"]
 
@@ -49,7 +49,7 @@ def concept(
     oracle: Annotated[str, typer.Option(help="Classifier that judges samples.", rich_help_panel=PANEL_EVAL)] = "zoo:mnist-oracle",
     eval_per_class: Annotated[int, typer.Option(min=1, help="Samples per condition for the before/after table.", rich_help_panel=PANEL_EVAL)] = 50,
     evaluate: Annotated[bool, typer.Option(help="Score before and after with the oracle.", rich_help_panel=PANEL_EVAL)] = True,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16.")] = "no",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
@@ -207,7 +207,7 @@ def redact(
     oracle: Annotated[str, typer.Option(help="Classifier that judges samples (zoo models).", rich_help_panel=PANEL_EVAL)] = "zoo:mnist-oracle",
     per_prompt: Annotated[int, typer.Option(min=1, help="Samples per prompt for the evaluation.", rich_help_panel=PANEL_EVAL)] = 20,
     evaluate: Annotated[bool, typer.Option(help="Score the redaction with the oracle (zoo models).", rich_help_panel=PANEL_EVAL)] = True,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted distillation from --out's training_state/.")] = False,
 ) -> None:
@@ -326,7 +326,7 @@ def evaluate(
     retrain: Annotated[bool, typer.Option(help="Also retrain from scratch without the forget set (the reference of the gap).", rich_help_panel=PANEL_EVAL)] = True,
     retrain_epochs: Annotated[Optional[int], typer.Option(min=1, help="Retraining epochs.", show_default="30, the zoo oracle's", rich_help_panel=PANEL_EVAL)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json and the unlearned classifier (a classifier folder) here.")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Unlearn a forget set from a classifier; print UA, MIA-efficacy, RA, TA and the gap to retraining.

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from guardgen.cli._common import console, guarded, note_fresh, parse_sets, progress_callback, results_table
+from guardgen.registry import SEED_MAX
 
 __all__ = ["app"]
 
@@ -56,7 +57,7 @@ def list_() -> None:
 def build(
     name: Annotated[str, typer.Argument(help="Zoo model to build (see `guardgen zoo list`).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder.", show_default="$GUARDGEN_ZOO_DIR/NAME or runs/zoo/NAME")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps (diffusion models).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Training epochs (classifiers).")] = None,
     exclude: Annotated[str, typer.Option(help="Classes to leave out of the training data, e.g. 7 or 3,7 (retrain baseline).")] = "",
@@ -100,7 +101,7 @@ def show(
     per_class: Annotated[int, typer.Option(min=1, help="Samples per class.")] = 10,
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps (DDIM).")] = 50,
     guidance_scale: Annotated[Optional[float], typer.Option(min=0.0, help="Classifier-free guidance (0: unconditional, 1: none).", show_default="the model's")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     oracle: Annotated[str, typer.Option(help="Classifier that scores the samples.")] = "zoo:mnist-oracle",
 ) -> None:
     """Sample a grid from a model (rows = classes), score it with the oracle, and save a PNG."""

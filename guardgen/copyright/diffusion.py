@@ -24,7 +24,7 @@ import torch
 
 from guardgen.copyright.bounds import check_k, k_effective
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, PositiveInt, UnitFloat, check_settings
+from guardgen.registry import NonNegFloat, PositiveInt, Seed, UnitFloat, check_settings
 
 __all__ = ["CPk", "CPkSamples", "audit_naf", "calibrate_k", "image_shape", "sample_with_log_ratios"]
 
@@ -139,7 +139,7 @@ class CPk:
     guidance_scale: NonNegFloat = 1.0
     batch_size: PositiveInt = 128
     max_draws_per_sample: PositiveInt = 50
-    seed: int = 0
+    seed: Seed = 0
 
     def sample(self, p, qs, conditions, callback=None) -> CPkSamples:
         """One accepted sample per entry of ``conditions`` (N class ids or prompts)."""

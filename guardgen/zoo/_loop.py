@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from guardgen.registry import NonNegInt, PositiveFloat, PositiveInt, UnitFloat
+from guardgen.registry import NonNegInt, PositiveFloat, PositiveInt, Seed, UnitFloat
 
 __all__ = ["DiffusionTrainConfig", "batch_indices", "cosine_lr", "step_generator", "train_diffusion", "write_model_card"]
 
@@ -39,7 +39,7 @@ class DiffusionTrainConfig:
     warmup: NonNegInt = 100
     ema_decay: UnitFloat = 0.998
     exclude: tuple[int, ...] = ()
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     checkpoint_every: PositiveInt = 250

@@ -30,7 +30,7 @@ from guardgen.data import load_mnist as _load_mnist
 from guardgen.data.transforms import to_model_range
 from guardgen.errors import GuardgenError
 from guardgen.models.gan import GAN_ARCHITECTURES, sample_gan, save_gan
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, UnitFloat
+from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Seed, UnitFloat
 from guardgen.utils import Callback, fused, make_accelerator, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, resume_settings, step_generator, write_model_card
 
@@ -63,7 +63,7 @@ class GANConfig:
     r1_gamma: NonNegFloat = 0.0  # R1 penalty weight on real images (0: off; the discriminator has spectral norm)
     ema_decay: UnitFloat = 0.999
     exclude: tuple[int, ...] = ()
-    seed: int = 0
+    seed: Seed = 0
     seed_offset: NonNegInt = 0  # training seed = seed + seed_offset (how same-architecture zoo entries differ)
     device: str = "auto"
     mixed_precision: str = "no"

@@ -20,7 +20,7 @@ from guardgen.data import load_mnist
 from guardgen.data.transforms import random_affine
 from guardgen.metrics import accuracy
 from guardgen.models.classifier import create_classifier, save_classifier
-from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, SubUnitFloat
+from guardgen.registry import NonNegFloat, PositiveFloat, PositiveInt, Seed, SubUnitFloat
 from guardgen.utils import Callback, fused, make_accelerator, predict_logits, prepare, seed_everything
 from guardgen.zoo._loop import batch_indices, cosine_lr, resume_settings, step_generator, write_model_card
 
@@ -37,7 +37,7 @@ class OracleConfig:
     weight_decay: NonNegFloat = 5e-4
     label_smoothing: SubUnitFloat = 0.05
     exclude: tuple[int, ...] = ()
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: str = "no"
     checkpoint_every: PositiveInt = 200

@@ -81,6 +81,10 @@ def test_zoo_build_from_the_cli(tmp_path):
     (("zoo", "build", "mnist-oracle", "--exclude", "0,1,2,3,4,5,6,7,8,9"), "exclude leaves no class"),
     (("zoo", "build", ":smile:"), "unknown zoo model ':smile:'"),  # user text is not turned into emoji
     (("zoo", "show", "mnist-oracle", "--seed", -1), "Invalid value for '--seed'"),
+    (("detect", "train", "--fake", "zoo:mnist-gan", "--seed", 2**32), "Invalid value for '--seed'"),  # would repeat seed 0
+    (("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--set", f"seed={2**32}"),
+     "setting seed=4294967296: must be in [0, 4294967295]"),
+    (("audit", "zoo:mnist-ddpm", "--set", f"seed={2**63}"), "seed must be an integer in [0, 4294967295]"),
     (("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--retain", 7), "7 is both forgotten and retained"),
     (("detect", "train", "--real", "mnist", "--fake", "zoo:mnist-ddpm", "--generator", "zoo:mnist-gan"), "add --omat"),
     (("copyright", "sample", "--model", "zoo:mnist-ddpm", "--safe", "zoo:mnist-ddpm", "--condition", 3), "its own safe model"),
