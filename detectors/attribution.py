@@ -579,7 +579,7 @@ class OpenWorldAttribution:
         config = load_json(folder / "config.json")
         if not isinstance(config, dict) or config.get("_class") != cls.__name__:
             raise GuardgenError(f"{folder}: config.json is not a guardgen open-world attribution model's")
-        _, weights = load_checkpoint(folder)
+        _, weights = load_checkpoint(folder, data=("data",))
         for name in ("model", "ood"):
             if name not in weights:
                 raise GuardgenError(f"{folder}: no {name}.safetensors beside config.json")

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -307,13 +307,14 @@ def save_checkpoint(
     return folder
 
 
-def load_checkpoint(folder: str | os.PathLike) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
-    """Read a folder written by :func:`save_checkpoint`: ``(config, {name: state_dict})``."""
+def load_checkpoint(folder: str | os.PathLike, *, data: Sequence[str] = ()) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """Read a folder written by :func:`save_checkpoint`: ``(config, {name: state_dict})``. Every entry is checked as a
+    model's weights (no quantised tensors) except the ``data`` ones (e.g. stored images)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise GuardgenError(f"{folder}: no such checkpoint folder")
     config = load_json(folder / "config.json")
-    weights = {p.stem: load_safetensors(p, weights=True) for p in sorted(folder.glob("*.safetensors"))}
+    weights = {p.stem: load_safetensors(p, weights=p.stem not in data) for p in sorted(folder.glob("*.safetensors"))}
     return config, weights
 
 

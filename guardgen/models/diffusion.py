@@ -179,8 +179,8 @@ def _check_weights(folder: Path) -> None:
     (quantised) weights."""
     from guardgen.checkpoint import check_safetensors
 
-    for path in folder.rglob("*.safetensors"):
-        check_safetensors(path, weights=True)
+    for path in folder.rglob("*.safetensors"):  # a training state (beside its state.json) holds RNG bytes too
+        check_safetensors(path, weights=not (path.parent / "state.json").is_file())
     pickles = [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     if pickles and not any(folder.rglob("*.safetensors")):
         raise GuardgenError(f"{pickles[0]}: only pickle weights here; guardgen loads safetensors (convert the folder first)")
