@@ -100,9 +100,12 @@ def load_diffusion(folder: str | Path, *, device: str | torch.device = "cpu", to
             else:
                 cls = getattr(diffusers, cls_name or "", None) or diffusers.DiffusionPipeline
                 pipe = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=torch_dtype)
-        except (OSError, ValueError, EnvironmentError) as err:
+        except GuardgenError:
+            raise
+        except (OSError, ValueError, TypeError, AttributeError) as err:  # a config diffusers cannot build from
             raise GuardgenError(f"{folder}: cannot load the pipeline ({_first_line(err)})") from None
         pipe.set_progress_bar_config(disable=True)
+        _check_sizes(folder, getattr(pipe, "unet", None))
         return pipe.to(device)
     if (folder / "config.json").is_file():
         config = _config_object(folder / "config.json")
@@ -112,8 +115,9 @@ def load_diffusion(folder: str | Path, *, device: str | torch.device = "cpu", to
         _check_weights(folder)
         try:
             model = getattr(diffusers, cls_name).from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=torch_dtype)
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError, TypeError, AttributeError) as err:
             raise GuardgenError(f"{folder}: cannot load the model ({_first_line(err)})") from None
+        _check_sizes(folder, model)
         return model.to(device).eval()
     raise GuardgenError(f"{folder}: neither model_index.json nor config.json; not a diffusers folder")
 
@@ -132,7 +136,11 @@ def _load_guardgen_pipeline(folder: Path, index: dict, torch_dtype):
         if name.startswith("_"):
             continue
         if isinstance(value, list) and len(value) == 2 and value[0] is not None:
-            component_cls = getattr(importlib.import_module(value[0]), value[1])
+            try:
+                component_cls = getattr(importlib.import_module(value[0]), value[1])
+            except (ImportError, AttributeError, TypeError):
+                raise GuardgenError(f"{folder / 'model_index.json'}: its {name} is {value[0]}.{value[1]}, which is not "
+                                    "installed; restore the file or rebuild the pipeline") from None
             is_model = issubclass(component_cls, torch.nn.Module)
             extra = {"torch_dtype": torch_dtype, "use_safetensors": True} if is_model else {}
             kwargs[name] = component_cls.from_pretrained(folder / name, local_files_only=True, **extra)
@@ -141,6 +149,18 @@ def _load_guardgen_pipeline(folder: Path, index: dict, torch_dtype):
     pipe = cls(**kwargs)
     pipe.register_to_config(_name_or_path=str(folder))  # as from_pretrained records it (pipeline-owned subfolders)
     return pipe
+
+
+def _check_sizes(folder: Path, model) -> None:
+    """A UNet whose config gives its sizes as anything but whole numbers loads, then fails when sampled: refuse it."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    for key in ("sample_size", "in_channels", "out_channels"):
+        value = config.get(key)
+        whole = isinstance(value, int) or (isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value))
+        if value is not None and (isinstance(value, bool) or not whole):
+            raise GuardgenError(f"{folder}: the UNet's {key} is {value!r}, not a whole number; restore its config.json")
 
 
 def _config_object(path: Path) -> dict:

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -159,3 +160,18 @@ def test_a_run_record_that_is_not_an_object_is_one_line(tiny_class_pipeline, run
     (tiny_class_pipeline / "run.json").write_text(run)
     with pytest.raises(GuardgenError, match=message):
         resolve(str(tiny_class_pipeline))
+
+
+@pytest.mark.parametrize("part,file,key,value,message", [
+    ("", "model_index.json", "unet", ["diffusers", "NoSuchUNet"], "its unet is diffusers.NoSuchUNet, which is not installed"),
+    ("unet", "config.json", "sample_size", "sixteen", "the UNet's sample_size is 'sixteen', not a whole number"),
+    ("scheduler", "scheduler_config.json", "num_train_timesteps", "1000", "cannot load the pipeline ("),
+])
+def test_a_config_of_wrong_types_is_one_line(tiny_class_pipeline, part, file, key, value, message):
+    path = tiny_class_pipeline / part / file
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(GuardgenError, match=re.escape(message)) as err:
+        load_diffusion(tiny_class_pipeline)
+    assert "\n" not in str(err.value)
