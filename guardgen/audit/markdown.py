@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from guardgen.audit._base import ORDER, TITLES
 from guardgen.audit._format import esc, flat_figures, fmt, thresholds_text
 from guardgen.audit.summary import key_figure
@@ -11,6 +13,15 @@ __all__ = ["render_markdown"]
 
 def _cell(text) -> str:
     return esc(fmt(text) if not isinstance(text, str) else text).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text) -> str:
+    """``text`` as a Markdown code span, shown literally: no HTML escapes (a code span shows them as typed; CommonMark
+    escapes its content), fenced by one backtick more than the longest run inside."""
+    text = str(text).replace("\n", " ")
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _table(rows: list[dict]) -> list[str]:
@@ -24,10 +35,10 @@ def _table(rows: list[dict]) -> list[str]:
 
 def render_markdown(report: dict, sections: dict) -> str:
     v = report["verdicts"]
-    lines = [f"# guardgen audit: `{esc(report['model']['spec'])}` ({v['overall']})", "",
+    lines = [f"# guardgen audit: {_code(report['model']['spec'])} ({v['overall']})", "",
              f"{report['created']} · guardgen {report['guardgen_version']} · schema {report['schema']} v{report['schema_version']}"
              f" · seed {report['config']['seed']} · {report['seconds']:.1f} s", "",
-             f"Reproduce: `{esc(report['command'])}`", "", "## Summary", ""]
+             f"Reproduce: {_code(report['command'])}", "", "## Summary", ""]
     lines += _table([{"section": TITLES[n], "verdict": v["sections"].get(n, {}).get("status", "info") if n != "provenance" else "info",
                       "key figure, or why not run": key_figure(n, sections[n])} for n in ORDER if n in sections])
     for name in ORDER:

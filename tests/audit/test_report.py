@@ -68,5 +68,11 @@ def test_user_text_is_escaped_everywhere(zoo_report):
     assert report["inputs"]["concepts"][0] == HOSTILE  # kept verbatim in the JSON
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
-    assert "<script" not in html and "<script" not in md
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;script&gt;" in md
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # Markdown: escaped in text and tables; verbatim only inside a code span (shown literally, so the command copies)
+    spans = [line for line in md.splitlines() if "<script" in line]
+    assert spans and all(line.startswith("Reproduce: `") for line in spans) and "&lt;script&gt;" in md
+    import shlex
+
+    command = spans[0].removeprefix("Reproduce: ").strip("`")
+    assert command == report["command"] and any(HOSTILE in arg for arg in shlex.split(command))
