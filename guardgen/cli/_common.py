@@ -99,11 +99,18 @@ def progress_callback(description: str, total: int | None = None, keys: tuple[st
             yield callback
         except GuardgenError:
             if not stepped:  # refused before the first step: the error line alone, not an empty bar (or line) above it
-                progress.update(task, visible=False)
-                progress.live.transient = True
-                progress.live.stop()
-                progress.disable = True  # Progress.stop would print a blank line on a non-interactive console
+                silence(progress)
             raise
+
+
+def silence(progress: Progress) -> None:
+    """Stop a progress display that showed nothing yet without a trace (Progress.stop would print a blank line on a
+    non-interactive console), so a refusal is the error line alone."""
+    for task in progress.task_ids:
+        progress.update(task, visible=False)
+    progress.live.transient = True
+    progress.live.stop()
+    progress.disable = True
 
 
 def results_table(title: str, rows: list[dict], columns: list[str] | None = None) -> Table:

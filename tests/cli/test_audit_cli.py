@@ -162,6 +162,7 @@ def no_sections(monkeypatch):
 def _refused_up_front(result, message, ran):
     _one_line_exit_2(result, message)
     assert ran == [], f"sections ran before the error: {ran}"
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, repr(result.output)  # no blank line above
 
 
 @pytest.mark.parametrize("spec,concept", [("zoo:mnist-gan", "99"), ("zoo:mnist-t2i", "foo=99")])
