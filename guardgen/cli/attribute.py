@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from guardgen.cli._common import console, guarded, parse_sets, progress_callback, results_table
+from guardgen.cli._common import OWNED, console, guarded, parse_sets, progress_callback, results_table
 from guardgen.registry import SEED_MAX, configure
 
 __all__ = ["app"]
@@ -153,7 +153,12 @@ def discover(
 ) -> None:
     """Discover unseen sources among unlabelled images; labels of --data/--source are used only to score the result."""
     from detectors.attribution import OpenWorldAttribution, discovery_metrics
+    from guardgen.checkpoint import check_out
 
+    target = out or model_dir  # the updated model replaces this folder as a whole
+    same = target.resolve() == model_dir.resolve()
+    check_out(target, [] if same else [("MODEL_DIR", model_dir)],
+              data={"--data": data, "--source": [i.split("=", 1)[-1].strip() for i in source]})
     model = OpenWorldAttribution.from_pretrained(model_dir)
     resolution = resolution or model.image_shape_[-1]  # the sources are read at the model's own size unless told otherwise
     images, labels, names = _load_sources(data, source, per_source, seed + 1_000, "test", resolution, model.image_shape_[0])
@@ -164,14 +169,15 @@ def discover(
             model.partial_fit(images, rounds=rounds or 1, callback=cb)
         else:
             model.discover(images, rounds=rounds, callback=cb)
-    model.save_pretrained(out or model_dir)
+    model.save_pretrained(target)
+    (target / OWNED).touch()  # guardgen's, so a later run may replace it (MODEL_DIR is no --out for `guarded` to mark)
     _print_rounds(model)
     seen = set(model.class_names_[: model.num_seen_])
     unseen = [i for i, n in enumerate(names) if n not in seen]
     metrics = discovery_metrics(labels.numpy(), model.predict(images, assign_unknown=True).numpy(), unseen=unseen)
     rows = [{"metric": k, "value": v if not isinstance(v, list) else ", ".join(names[i] for i in v)} for k, v in metrics.items()]
     console.print(results_table("discovery over the given images (true sources vs assigned ids)", rows))
-    console.print(f"saved to {out or model_dir}")
+    console.print(f"saved to {target}")
 
 
 @app.command()

@@ -161,6 +161,13 @@ def test_attribute_fit_discover_predict(tmp_path, make_sources):
                                  "--out", str(tmp_path / "pu-found")])
     assert result.exit_code == 0 and "nmi" in result.output, result.output
     assert (tmp_path / "pu-found" / "novelty.safetensors").is_file()
+    # in place (the default --out is MODEL_DIR): the folder stays guardgen's, so a later fit may replace it
+    result = runner.invoke(app, ["attribute", "discover", str(tmp_path / "pu-found"), "--data", str(pool), "--rounds", "1"])
+    assert result.exit_code == 0 and (tmp_path / "pu-found" / ".guardgen").is_file(), result.output
+    for out in (tmp_path / "pu-found" / "sub", pool / "gan-a"):  # inside the model read, inside an image folder read
+        result = runner.invoke(app, ["attribute", "discover", str(tmp_path / "pu-found"), "--data", str(pool), "--out", str(out)])
+        assert result.exit_code == 2 and f"--out {out}" in result.output, result.output
+    assert not (tmp_path / "pu-found" / "sub").exists()
     # too many clusters for the images given: one clear line
     result = runner.invoke(app, ["attribute", "discover", str(model), "--data", str(seen), "--clusters", "1000",
                                  "--out", str(tmp_path / "x")])
