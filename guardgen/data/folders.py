@@ -110,6 +110,7 @@ def load_image_folder(root: str | Path, *, resolution: int | None = None, channe
     report.loaded = len(images)
     if not images:
         raise GuardgenError(_nothing_read(root, layout, report))
+    _check_sources(root, layout, class_names, labels)
     name = root.resolve().name
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names, name), report
 
@@ -154,6 +155,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.report.loaded = len(self.items)
         if not self.items:
             raise GuardgenError(_nothing_read(Path(root), self.layout, self.report))
+        _check_sources(Path(root), self.layout, self.class_names, [label for _, label in self.items])
 
     @property
     def labels(self) -> torch.Tensor:
@@ -173,6 +175,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if self.resolution is not None:
             x = resize(x.unsqueeze(0), self.resolution)[0]
         return x, label
+
+
+def _check_sources(root: Path, layout: str, class_names: list[str], labels: list[int]) -> None:
+    """A source folder (per_source layout) that gave no image would be a class with no samples: refuse it by name."""
+    if layout != "per_source":
+        return
+    empty = [name for i, name in enumerate(class_names) if i not in set(labels)]
+    if empty:
+        raise GuardgenError(f"{root / empty[0]}: a source folder with no readable images; add images or remove it")
 
 
 def _turned(img) -> bool:

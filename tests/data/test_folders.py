@@ -87,6 +87,11 @@ def test_per_source_layout(tmp_path):
     assert data.images.shape == (7, 3, 8, 8)
     assert (data.images[:, 0, 0, 0] * 255).round().tolist() == [10, 10, 20, 20, 20, 30, 30]
     assert [(p.split("/")[-1], r) for p, r in report.skipped] == [("stray.png", "not in a source folder")]
+    (tmp_path / "biggan").mkdir()  # a source with nothing readable would be a class without samples
+    (tmp_path / "biggan" / ".hidden.png").write_bytes(b"")
+    for read in (load_image_folder, ImageFolderDataset):
+        with pytest.raises(GuardgenError, match=r"biggan: a source folder with no readable images; add images or remove it"):
+            read(tmp_path)
 
 
 def test_explicit_layouts(tmp_path):
