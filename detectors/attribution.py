@@ -570,7 +570,7 @@ class OpenWorldAttribution:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device: str = "cpu") -> "OpenWorldAttribution":
-        from guardgen.checkpoint import load_checkpoint, load_json
+        from guardgen.checkpoint import load_checkpoint, load_json, mismatch
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
@@ -593,7 +593,7 @@ class OpenWorldAttribution:
             try:
                 self.network_.load_state_dict(weights["model"])
             except RuntimeError as err:
-                raise GuardgenError(f"{folder}/model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
+                raise GuardgenError(f"{folder}/model.safetensors does not fit config.json ({mismatch(err)})") from None
             ood = weights["ood"]
             self.wta_ = WTAHash(self.embed_dim, perms=ood["perms"])
             self.mean_codes_, self.wta_threshold_ = ood["mean_codes"], ood["wta_threshold"]

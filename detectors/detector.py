@@ -354,7 +354,7 @@ class Detector:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device: str = "cpu") -> "Detector":
-        from guardgen.checkpoint import load_checkpoint
+        from guardgen.checkpoint import load_checkpoint, mismatch
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
@@ -384,7 +384,7 @@ class Detector:
         try:
             det.module_.net.load_state_dict(weights["model"])
         except RuntimeError as err:
-            raise GuardgenError(f"{folder}/model.safetensors does not fit {det.backbone} ({str(err).splitlines()[0]})") from None
+            raise GuardgenError(f"{folder}/model.safetensors does not fit {det.backbone} ({mismatch(err)})") from None
         det.module_.eval().requires_grad_(False).to(device)
         det.source_size_ = pre.get("source_size")
         det.history_ = []

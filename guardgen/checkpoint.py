@@ -39,6 +39,7 @@ __all__ = [
     "check_training_state",
     "PICKLE_SUFFIXES",
     "check_out",
+    "mismatch",
     "fingerprint",
 ]
 
@@ -242,6 +243,13 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise GuardgenError(
             f"{path}: corrupt or truncated safetensors file ({first}); rebuild or re-download it"
         ) from None
+
+
+def mismatch(err: RuntimeError) -> str:
+    """The telling line of ``nn.Module.load_state_dict``'s error (its first line only says "Error(s) in loading
+    state_dict for X:"; the next names the missing, unexpected or mis-sized keys), at most 200 characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
 
 
 def load_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -400,7 +400,7 @@ def _architecture_of(generator: nn.Module, discriminator: nn.Module) -> str | No
 
 def load_unlearned_gan(folder: str | Path, generator: nn.Module, discriminator: nn.Module | None = None):
     """Load weights saved by ``save_pretrained`` for a user's own modules into ``generator`` [, ``discriminator``]."""
-    from guardgen.checkpoint import load_checkpoint
+    from guardgen.checkpoint import load_checkpoint, mismatch
 
     config, weights = load_checkpoint(folder)
     try:
@@ -408,7 +408,7 @@ def load_unlearned_gan(folder: str | Path, generator: nn.Module, discriminator: 
         if discriminator is not None:
             discriminator.load_state_dict(weights["discriminator"])
     except (KeyError, RuntimeError) as err:
-        raise GuardgenError(f"{folder}: weights do not fit the modules passed ({str(err).splitlines()[0][:120]})") from None
+        raise GuardgenError(f"{folder}: weights do not fit the modules passed ({mismatch(err)})") from None
     return config
 
 

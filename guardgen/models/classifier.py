@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from guardgen.checkpoint import load_json, load_state_dict, save_json, save_safetensors
+from guardgen.checkpoint import load_json, load_state_dict, mismatch, save_json, save_safetensors
 from guardgen.errors import GuardgenError
 
 __all__ = ["DigitNet", "create_classifier", "load_classifier", "save_classifier", "classifier_features"]
@@ -135,9 +135,7 @@ def load_classifier(folder: str | Path, *, device: str | torch.device = "cpu", a
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-        raise GuardgenError(f"{weights[0]}: weights do not fit {architecture} built from config.json ({detail[:200]})") from None
+        raise GuardgenError(f"{weights[0]}: weights do not fit {architecture} built from config.json ({mismatch(err)})") from None
     return model.to(device).eval()
 
 

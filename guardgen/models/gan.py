@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from guardgen.checkpoint import atomic_dir, load_json, load_safetensors, save_json, save_safetensors
+from guardgen.checkpoint import atomic_dir, load_json, load_safetensors, mismatch, save_json, save_safetensors
 from guardgen.errors import GuardgenError
 from guardgen.registry import Registry
 
@@ -297,10 +297,9 @@ def _build(folder: Path, architecture: str, role: str, cls: type[nn.Module], arg
     try:
         model.load_state_dict(load_safetensors(path, weights=True))
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
         raise GuardgenError(
             f"{path}: {role} weights do not fit the {architecture!r} {role} built from config.json "
-            f"(mismatch: {first}); check architecture and {role}_args"
+            f"({mismatch(err)}); check architecture and {role}_args"
         ) from None
     return model.to(device).eval()
 
