@@ -288,7 +288,7 @@ def eval_(
     sample_steps: Annotated[int, typer.Option(min=1, rich_help_panel=P_DATA)] = 10,
     fpr: Annotated[float, typer.Option(min=0.0, max=1.0, help="FPR of the TPR@FPR threshold (chosen on held-out reals).")] = 0.01,
     robustness: Annotated[bool, typer.Option(help="Robustness grid (JPEG, resize, blur, noise) and format-shortcut control.")] = False,
-    n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the CIs.")] = 300,
+    n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the 95% CIs (fewer cannot place their 2.5% tails).")] = 300,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json here.", rich_help_panel=P_OUT)] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 1,
 ) -> None:

@@ -82,6 +82,7 @@ def test_zoo_build_from_the_cli(tmp_path):
     (("zoo", "build", ":smile:"), "unknown zoo model ':smile:'"),  # user text is not turned into emoji
     (("zoo", "show", "mnist-oracle", "--seed", -1), "Invalid value for '--seed'"),
     (("detect", "train", "--fake", "zoo:mnist-gan", "--seed", 2**32), "Invalid value for '--seed'"),  # would repeat seed 0
+    (("detect", "eval", "--detector", "d", "--fake", "zoo:mnist-gan", "--n-boot", 1), "Invalid value for '--n-boot'"),
     (("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--set", f"seed={2**32}"),
      "setting seed=4294967296: must be in [0, 4294967295]"),
     (("audit", "zoo:mnist-ddpm", "--set", f"seed={2**63}"), "seed must be an integer in [0, 4294967295]"),

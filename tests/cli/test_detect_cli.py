@@ -45,7 +45,7 @@ def test_train_eval_score_from_folders(folders):
     assert config["preprocessing"]["input_size"] == 8 and config["data"]["n_fake"] == 24
     assert config["detector"]["augment"] == 0.5 and config["detector"]["blur_sigma"] == [0.0, 1.0]
     result = invoke("detect", "eval", "--detector", det, "--real", data, "--fake", folders / "gens", "--resolution", 8,
-                    "--n-boot", 10, "--robustness", "--out", folders / "ev")
+                    "--n-boot", 100, "--robustness", "--out", folders / "ev")
     assert result.exit_code == 0, result.output
     res = json.loads((folders / "ev" / "results.json").read_text())
     assert set(res["generators"]) == {"gan_a", "gan_b"} and "robustness" in res and "format_control" in res
@@ -92,7 +92,7 @@ def test_bad_inputs_exit_2(folders):
     result = invoke("detect", "attack", "--detector", det, "--generator", "zoo:mnist-oracle")
     assert result.exit_code == 2 and "not a generator" in text(result)
     # the detector's preprocessing refuses 16x16 input (trained at 8x8 with --resize none)
-    result = invoke("detect", "eval", "--detector", det, "--real", data, "--fake", data, "--resolution", 16, "--n-boot", 5)
+    result = invoke("detect", "eval", "--detector", det, "--real", data, "--fake", data, "--resolution", 16, "--n-boot", 100)
     assert result.exit_code == 2 and "expects 8x8" in text(result)
     assert invoke("detect", "eval", "--detector", folders / "nothing", "--fake", data).exit_code == 2
     assert invoke("detect", "score", folders / "missing.png", "--detector", det).exit_code == 2
@@ -258,9 +258,9 @@ def test_eval_needs_two_reals_and_takes_fakes_of_both_colour_formats(folders):
     write_image_set(torch.rand(1, 1, 8, 8), folders / "one")
     write_image_set(torch.rand(6, 3, 8, 8), folders / "rgb")
     result = invoke("detect", "eval", "--detector", det, "--real", folders / "one", "--fake", folders / "gens",
-                    "--resolution", 8, "--n-boot", 5)
+                    "--resolution", 8, "--n-boot", 100)
     assert result.exit_code == 2 and "at least 2" in text(result)
     result = invoke("detect", "eval", "--detector", det, "--real", folders / "data", "--fake", folders / "gens",
-                    "--fake", folders / "rgb", "--resolution", 8, "--n-boot", 5, "--robustness")  # gray and RGB fakes
+                    "--fake", folders / "rgb", "--resolution", 8, "--n-boot", 100, "--robustness")  # gray and RGB fakes
     assert result.exit_code == 0, result.output
     assert "robustness" in text(result)
