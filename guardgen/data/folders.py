@@ -285,6 +285,11 @@ def _scan(root: Path, layout: str) -> tuple[list[tuple[Path, int]], list[str], s
     elif layout == "per_source":
         sources = _subdirs(root)
         class_names = [d.name for d in sources]
+        seen: dict = {}
+        for d in sources:  # a linked folder would put the same images under two labels
+            if d.resolve() in seen:
+                raise GuardgenError(f"{d}: the same folder as {seen[d.resolve()]} (a link); each source is one folder")
+            seen[d.resolve()] = d
         report.skipped += [(str(p), "not in a source folder") for p in _visible(root) if p.is_file()]
         for label, folder in enumerate(sources):
             found += [(p, label) for p in _files(folder)]

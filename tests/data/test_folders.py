@@ -92,6 +92,10 @@ def test_per_source_layout(tmp_path):
     for read in (load_image_folder, ImageFolderDataset):
         with pytest.raises(GuardgenError, match=r"biggan: a source folder with no readable images; add images or remove it"):
             read(tmp_path)
+    (tmp_path / "biggan").rename(tmp_path / ".biggan")
+    (tmp_path / "sg-copy").symlink_to(tmp_path / "stylegan")  # the same images under a second label
+    with pytest.raises(GuardgenError, match=r"sg-copy: the same folder as .*stylegan \(a link\)"):
+        load_image_folder(tmp_path)
 
 
 def test_explicit_layouts(tmp_path):
