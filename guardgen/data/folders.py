@@ -288,7 +288,8 @@ def _scan(root: Path, layout: str) -> tuple[list[tuple[Path, int]], list[str], s
         seen: dict = {}
         for d in sources:  # a linked folder would put the same images under two labels
             if d.resolve() in seen:
-                raise GuardgenError(f"{d}: the same folder as {seen[d.resolve()]} (a link); each source is one folder")
+                link, other = (d, seen[d.resolve()]) if d.is_symlink() else (seen[d.resolve()], d)
+                raise GuardgenError(f"{link}: the same folder as {other} (a link); each source is one folder")
             seen[d.resolve()] = d
         report.skipped += [(str(p), "not in a source folder") for p in _visible(root) if p.is_file()]
         for label, folder in enumerate(sources):
