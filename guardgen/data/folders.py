@@ -31,7 +31,6 @@ LAYOUTS = ("auto", "binary", "per_source", "flat")
 _REAL, _FAKE = ("0_real", "real"), ("1_fake", "fake")
 _GRAY_MODES = ("1", "L", "LA", "La")
 _FLOAT_MODE = "32-bit float image: its value range is not defined; save it as an 8- or 16-bit image"
-_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclass(kw_only=True)
@@ -90,6 +89,7 @@ def load_image_folder(root: str | Path, *, resolution: int | None = None, channe
     """
     _check_args(resolution, channels, layout)
     root = Path(root)
+    asked = layout
     items, class_names, layout, report = _scan(root, layout)
     images: list[torch.Tensor] = []
     labels: list[int] = []
@@ -110,7 +110,7 @@ def load_image_folder(root: str | Path, *, resolution: int | None = None, channe
     report.loaded = len(images)
     if not images:
         raise GuardgenError(_nothing_read(root, layout, report))
-    _check_sources(root, layout, class_names, labels)
+    _check_sources(root, asked, class_names, labels)
     name = root.resolve().name
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names, name), report
 
@@ -127,6 +127,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         _check_args(resolution, channels, layout)
+        asked = layout
         items, self.class_names, self.layout, self.report = _scan(Path(root), layout)
         self.resolution = resolution
         self.items: list[tuple[Path, int]] = []
@@ -135,12 +136,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             try:
                 with warnings.catch_warnings(), Image.open(path) as img:
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    mode, this_size = img.mode, img.size
-                    if _turned(img):  # read_image turns it upright
-                        this_size = this_size[::-1]
+                    mode, this_size, oriented = img.mode, img.size, _oriented(img)
                     img.verify()
                 if mode == "F":
                     raise ValueError(_FLOAT_MODE)
+                if oriented:  # read_image may turn it upright: its size is read, not predicted (such files are rare)
+                    this_size = tuple(read_image(path).shape[:0:-1])
             except Exception as err:  # noqa: BLE001 - any failure to open means a bad file: skip it
                 self.report.skipped.append((str(path), _reason(path, err)))
                 continue
@@ -155,7 +156,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.report.loaded = len(self.items)
         if not self.items:
             raise GuardgenError(_nothing_read(Path(root), self.layout, self.report))
-        _check_sources(Path(root), self.layout, self.class_names, [label for _, label in self.items])
+        _check_sources(Path(root), asked, self.class_names, [label for _, label in self.items])
 
     @property
     def labels(self) -> torch.Tensor:
@@ -177,29 +178,22 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return x, label
 
 
-def _check_sources(root: Path, layout: str, class_names: list[str], labels: list[int]) -> None:
-    """A source folder (per_source layout) that gave no image would be a class with no samples: refuse it by name."""
-    if layout != "per_source":
+def _check_sources(root: Path, asked: str, class_names: list[str], labels: list[int]) -> None:
+    """Where the caller asked for the per_source layout (its labels are used), a source folder that gave no image
+    would be a class with no samples: refuse it by name."""
+    if asked != "per_source":
         return
-    empty = [name for i, name in enumerate(class_names) if i not in set(labels)]
+    found = set(labels)
+    empty = [name for i, name in enumerate(class_names) if i not in found]
     if empty:
         raise GuardgenError(f"{root / empty[0]}: a source folder with no readable images; add images or remove it")
 
 
-def _turned(img) -> bool:
-    """Whether ``img``'s EXIF orientation swaps its width and height, read from the header (no decoding, so
-    ``verify()`` can follow)."""
-    from PIL import Image
-
+def _oriented(img) -> bool:
+    """Whether ``img`` carries an orientation that :func:`read_image` may apply (an EXIF block, XMP, a TIFF tag),
+    read from what Pillow parsed on opening (no decoding, so ``verify()`` can follow)."""
     tags = getattr(img, "tag_v2", None)  # TIFF keeps it as a tag
-    if tags is not None:
-        return tags.get(0x0112) in _TRANSPOSED
-    raw = img.info.get("exif")
-    if not raw:
-        return False
-    exif = Image.Exif()
-    exif.load(raw)
-    return exif.get(0x0112) in _TRANSPOSED
+    return (tags is not None and tags.get(0x0112, 1) != 1) or any(k in img.info for k in ("exif", "xmp", "XML:com.adobe.xmp"))
 
 
 def _check_args(resolution, channels, layout) -> None:
@@ -270,6 +264,7 @@ def _scan(root: Path, layout: str) -> tuple[list[tuple[Path, int]], list[str], s
     """``([(path, label)], class_names, layout, report)``; ``report`` lists the files left out."""
     if not root.is_dir():
         raise GuardgenError(f"{root}: no such image folder")
+    asked = layout == "per_source"  # sources whose labels the caller uses (auto-detected ones may be just folders)
     layout = _detect_layout(root) if layout == "auto" else layout
     report = LoadReport()
     found: list[tuple[Path, int]] = []
@@ -286,7 +281,7 @@ def _scan(root: Path, layout: str) -> tuple[list[tuple[Path, int]], list[str], s
         sources = _subdirs(root)
         class_names = [d.name for d in sources]
         seen: dict = {}
-        for d in sources:  # a linked folder would put the same images under two labels
+        for d in sources if asked else ():  # a linked folder would put the same images under two labels
             if d.resolve() in seen:
                 link, other = (d, seen[d.resolve()]) if d.is_symlink() else (seen[d.resolve()], d)
                 raise GuardgenError(f"{link}: the same folder as {other} (a link); each source is one folder")

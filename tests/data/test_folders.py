@@ -87,15 +87,16 @@ def test_per_source_layout(tmp_path):
     assert data.images.shape == (7, 3, 8, 8)
     assert (data.images[:, 0, 0, 0] * 255).round().tolist() == [10, 10, 20, 20, 20, 30, 30]
     assert [(p.split("/")[-1], r) for p, r in report.skipped] == [("stray.png", "not in a source folder")]
-    (tmp_path / "biggan").mkdir()  # a source with nothing readable would be a class without samples
+    (tmp_path / "biggan").mkdir()  # asked for sources: one with nothing readable would be a class without samples
     (tmp_path / "biggan" / ".hidden.png").write_bytes(b"")
     for read in (load_image_folder, ImageFolderDataset):
         with pytest.raises(GuardgenError, match=r"biggan: a source folder with no readable images; add images or remove it"):
-            read(tmp_path)
+            read(tmp_path, layout="per_source")
+        assert len(read(tmp_path)[0] if read is load_image_folder else read(tmp_path)) == 7  # auto: just folders, read
     (tmp_path / "biggan").rename(tmp_path / ".biggan")
     (tmp_path / "sg-copy").symlink_to(tmp_path / "stylegan")  # the same images under a second label
     with pytest.raises(GuardgenError, match=r"sg-copy: the same folder as .*stylegan \(a link\)"):
-        load_image_folder(tmp_path)
+        load_image_folder(tmp_path, layout="per_source")
 
 
 def test_explicit_layouts(tmp_path):
@@ -257,3 +258,12 @@ def test_float_images_are_refused_and_exif_orientation_is_applied(tmp_path):
     for data, report in (load_image_folder(folder, layout="flat"), (None, ImageFolderDataset(folder, layout="flat").report)):
         assert report.loaded == 1 and report.skipped[0][1].startswith("32-bit float image")
     assert ImageFolderDataset(folder, layout="flat")[0][0].shape == (1, 16, 8)
+    (folder / "float.tiff").unlink()
+    Image.fromarray(wide).save(folder / "turned.jpg", exif=exif)
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    Image.fromarray(wide).save(folder / "xmp.jpg", xmp=xmp)  # the orientation in XMP only, which Pillow applies too
+    Image.fromarray(wide.T.copy()).save(folder / "upright.png")
+    ds = ImageFolderDataset(folder, layout="flat")  # all one size once turned: no MixedSizes, and a batch collates
+    assert [read_image(p).shape for p, _ in ds.items] == [(1, 16, 8)] * 4
+    assert next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))[0].shape == (4, 1, 16, 8)
