@@ -72,7 +72,8 @@ import torch.nn.functional as F
 from detectors import DETECTORS
 from detectors.attribution_parts import AttributionNet, WTAHash, discovery_metrics, merge_clusters
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Range, Seed, SubUnitFloat, UnitFloat, check_settings
+from guardgen.registry import (NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Range, Seed,
+                               SubUnitFloat, UnitFloat, check_settings, saved_seed)
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["OpenWorldAttribution", "AttributionNet", "WTAHash", "merge_clusters", "discovery_metrics", "OOD_SCORERS"]
@@ -585,8 +586,8 @@ class OpenWorldAttribution:
                 raise GuardgenError(f"{folder}: no {name}.safetensors beside config.json")
         try:  # a hand-edited or damaged folder: one line, not a traceback from deep inside
             known = set(cls.__dataclass_fields__)
-            self = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config["detector"].items()
-                          if k in known and not k.endswith("_")})
+            self = cls(**{k: (tuple(v) if isinstance(v, list) else saved_seed(v) if k == "seed" else v)
+                          for k, v in config["detector"].items() if k in known and not k.endswith("_")})
             self.class_names_, self.num_seen_ = list(config["class_names"]), int(config["num_seen"])
             self.image_shape_, self.round_ = tuple(config["image_shape"]), int(config.get("round", 0))
             self.network_ = AttributionNet(**config["network"])

@@ -29,7 +29,8 @@ from detectors.evaluate import perturb
 from guardgen.checkpoint import load_json, load_training_state, save_training_state, settings_record
 from guardgen.data import to_channels
 from guardgen.errors import GuardgenError
-from guardgen.registry import NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt, Seed, UnitFloat, check_settings
+from guardgen.registry import (NonNegFloat, NonNegInt, OpenUnitFloat, PositiveFloat, PositiveInt,
+                               Seed, UnitFloat, check_settings, saved_seed)
 from guardgen.utils import Callback, fused, make_accelerator, prepare
 
 __all__ = ["Detector", "DetectorModule"]
@@ -368,6 +369,7 @@ class Detector:
         try:  # a hand-edited or damaged config: one line, not a traceback from deep inside
             params = dict(config["detector"])
             params["mean"], params["std"] = tuple(params["mean"]), tuple(params["std"])
+            params["seed"] = saved_seed(params.get("seed", 0))
             known = set(cls.__dataclass_fields__)
             det = cls(**{k: v for k, v in params.items() if k in known})
             det.pretrained_file = ""

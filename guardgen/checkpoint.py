@@ -453,8 +453,7 @@ def load_training_state(
         try:
             module.load_state_dict(load_safetensors(folder / f"{name}.safetensors"))
         except RuntimeError as err:  # another model's weights: missing keys or other shapes
-            first = (str(err).strip().splitlines() or ["mismatch"])[0]
-            raise GuardgenError(f"{folder}: its {name} weights do not fit this model ({first}); rerun without "
+            raise GuardgenError(f"{folder}: its {name} weights do not fit this model ({mismatch(err)}); rerun without "
                                 "--resume") from None
     for name, opt in (optimizers or {}).items():
         if name not in meta.get("optimizers", {}):

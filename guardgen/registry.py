@@ -18,7 +18,7 @@ from typing import Annotated, Callable, TypeVar
 from guardgen.errors import GuardgenError
 
 __all__ = ["Registry", "configure", "check_settings", "Range", "PositiveInt", "NonNegInt", "PositiveFloat",
-           "NonNegFloat", "UnitFloat", "OpenUnitFloat", "SubUnitFloat"]
+           "NonNegFloat", "UnitFloat", "OpenUnitFloat", "SubUnitFloat", "SEED_MAX", "Seed", "saved_seed"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,13 @@ class Range:
 
 SEED_MAX = 2**32 - 1  # torch's CPU generator keeps a seed's low 32 bits: a larger seed would repeat a smaller one
 Seed = Annotated[int, Range(0, SEED_MAX)]
+
+
+def saved_seed(value):
+    """A seed read from a model saved before seeds were bounded: its low 32 bits, the ones torch used."""
+    return value % (SEED_MAX + 1) if isinstance(value, int) and not isinstance(value, bool) and value > SEED_MAX else value
+
+
 PositiveInt = Annotated[int, Range(1)]  # counts: iterations, epochs, batch sizes, sampler steps
 NonNegInt = Annotated[int, Range(0)]  # counts where 0 means "none" or "off"
 PositiveFloat = Annotated[float, Range(0, low_open=True)]  # learning rates, clipping thresholds

@@ -17,7 +17,8 @@ from rich.table import Table
 
 from guardgen.errors import GuardgenError
 
-__all__ = ["console", "err_console", "guarded", "parse_sets", "progress_callback", "results_table", "fail", "note_fresh"]
+__all__ = ["console", "err_console", "guarded", "parse_sets", "progress_callback", "results_table", "fail", "note_fresh",
+           "silence", "OWNED"]
 
 OWNED = ".guardgen"  # marks an --out folder as guardgen's: a later run may replace it
 console = Console()

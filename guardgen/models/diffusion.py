@@ -157,7 +157,8 @@ def _load_guardgen_pipeline(folder: Path, index: dict, torch_dtype):
 
 
 def _check_sizes(folder: Path, model) -> None:
-    """A UNet whose config gives its sizes as anything but whole numbers loads, then fails when sampled: refuse it."""
+    """A model (the pipeline's UNet) whose config gives its sizes as anything but whole numbers loads, then fails when
+    sampled: refuse it."""
     config = getattr(model, "config", None)
     if config is None:
         return
@@ -165,7 +166,7 @@ def _check_sizes(folder: Path, model) -> None:
         value = config.get(key)
         whole = isinstance(value, int) or (isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value))
         if value is not None and (isinstance(value, bool) or not whole):
-            raise GuardgenError(f"{folder}: the UNet's {key} is {value!r}, not a whole number; restore its config.json")
+            raise GuardgenError(f"{folder}: {type(model).__name__} {key} is {value!r}, not a whole number; restore its config.json")
 
 
 def _config_object(path: Path) -> dict:

@@ -164,10 +164,10 @@ def test_attribute_fit_discover_predict(tmp_path, make_sources):
     # in place (the default --out is MODEL_DIR): the folder stays guardgen's, so a later fit may replace it
     result = runner.invoke(app, ["attribute", "discover", str(tmp_path / "pu-found"), "--data", str(pool), "--rounds", "1"])
     assert result.exit_code == 0 and (tmp_path / "pu-found" / ".guardgen").is_file(), result.output
-    for out in (tmp_path / "pu-found" / "sub", pool / "gan-a"):  # inside the model read, inside an image folder read
+    for out, why in ((tmp_path / "pu-found" / "sub", "MODEL_DIR"), (pool / "gan-a" / "run", "a later read of it")):
         result = runner.invoke(app, ["attribute", "discover", str(tmp_path / "pu-found"), "--data", str(pool), "--out", str(out)])
-        assert result.exit_code == 2 and f"--out {out}" in result.output, result.output
-    assert not (tmp_path / "pu-found" / "sub").exists()
+        assert result.exit_code == 2 and f"--out {out}" in result.output and why in result.output, result.output
+        assert not out.exists()
     # too many clusters for the images given: one clear line
     result = runner.invoke(app, ["attribute", "discover", str(model), "--data", str(seen), "--clusters", "1000",
                                  "--out", str(tmp_path / "x")])

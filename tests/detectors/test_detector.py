@@ -173,6 +173,21 @@ def test_resize_none_refuses_other_sizes(tmp_path):
         back.predict_proba(torch.rand(2, 1, 28, 28))
 
 
+def test_a_detector_saved_with_an_unbounded_seed_still_loads(tmp_path):
+    """Seeds are bounded to 32 bits now; an older folder's larger seed loads as the 32 bits torch used."""
+    import json
+
+    real, fake = planted(8, 0)
+    tiny(epochs=1).fit(real, fake).save_pretrained(tmp_path / "d")
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    config["detector"]["seed"] = 2**32 + 5
+    (tmp_path / "d" / "config.json").write_text(json.dumps(config))
+    back = Detector.from_pretrained(tmp_path / "d")
+    assert back.seed == 5
+    back.warm_start = True
+    back.fit(real, fake)  # its settings pass the checks a fit makes
+
+
 def test_bad_inputs():
     real, fake = planted(8, 0)
     with pytest.raises(GuardgenError, match="non-empty"):

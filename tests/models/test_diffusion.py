@@ -164,7 +164,7 @@ def test_a_run_record_that_is_not_an_object_is_one_line(tiny_class_pipeline, run
 
 @pytest.mark.parametrize("part,file,key,value,message", [
     ("", "model_index.json", "unet", ["diffusers", "NoSuchUNet"], "its unet is diffusers.NoSuchUNet, which is not installed"),
-    ("unet", "config.json", "sample_size", "sixteen", "the UNet's sample_size is 'sixteen', not a whole number"),
+    ("unet", "config.json", "sample_size", "sixteen", "UNet2DModel sample_size is 'sixteen', not a whole number"),
     ("scheduler", "scheduler_config.json", "num_train_timesteps", "1000", "cannot load the pipeline ("),
 ])
 def test_a_config_of_wrong_types_is_one_line(tiny_class_pipeline, part, file, key, value, message):
