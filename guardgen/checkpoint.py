@@ -99,6 +99,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _writable(folder: Path) -> bool:
+    """Whether a new entry can be made in ``folder``: tried, since permission bits do not tell for root, nor for
+    /proc, /sys or a full disk."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".guardgen-probe.", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
 def check_out(out: str | os.PathLike | None, inputs: dict | list[tuple[str, Any]] | None = None, option: str = "--out", *,
               replaces: bool = True, data: dict | None = None) -> None:
     """Refuse, before any work, an output folder that cannot be made (a file on its path, a folder that is not
@@ -121,9 +133,9 @@ def check_out(out: str | os.PathLike | None, inputs: dict | list[tuple[str, Any]
         raise GuardgenError(f"{option} {out}: {existing} is a broken link")
     if not existing.is_dir():
         raise GuardgenError(f"{option} {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not _writable(existing):
         raise GuardgenError(f"{option} {out}: {existing} is not writable")
-    if replaces and existing == out.absolute() and not os.access(existing.parent, os.W_OK | os.X_OK):
+    if replaces and existing == out.absolute() and not _writable(existing.parent):
         raise GuardgenError(f"{option} {out}: its folder {existing.parent} is not writable, and the result replaces "
                             f"{out} as a whole; pass a folder in a writable place")
     target = out.resolve()

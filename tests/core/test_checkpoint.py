@@ -186,6 +186,14 @@ def test_check_out_wants_a_writable_parent_only_where_the_result_replaces_out(tm
         check_out(locked / "new")
 
 
+def test_check_out_tries_a_write_where_permissions_do_not_tell():
+    """/proc takes no new folder, even for root, whose permission bits pass everything."""
+    from guardgen.checkpoint import check_out
+
+    with pytest.raises(GuardgenError, match=r"^--out /proc/guardgen-run: /proc is not writable$"):
+        check_out("/proc/guardgen-run", replaces=False)
+
+
 def test_fingerprint_tells_models_apart():
     from guardgen.checkpoint import fingerprint
 
