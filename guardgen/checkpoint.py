@@ -227,8 +227,9 @@ def check_safetensors(path: str | os.PathLike, *, weights: bool = False) -> None
                 end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
                 if 8 + n + end != size:
                     problem = f"expected {8 + n + end} bytes, found {size}"
-                narrow = next((k for k, v in header.items() if k != "__metadata__" and v["dtype"] in _INTEGER_WEIGHTS), None)
-                if weights and not problem and narrow is not None:
+                narrow = weights and next((k for k, v in header.items()
+                                           if k != "__metadata__" and v["dtype"] in _INTEGER_WEIGHTS), None)
+                if narrow and not problem:
                     raise GuardgenError(f"{path}: weight {narrow} is {_INTEGER_WEIGHTS[header[narrow]['dtype']]}; "
                                         "guardgen loads floating-point weights (a quantised checkpoint is not supported)")
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError):

@@ -240,7 +240,7 @@ def evade(
     from detectors.detector import Detector
     from guardgen.checkpoint import check_out, save_json
     from guardgen.data import save_grid
-    from guardgen.data.folders import _reason, read_image
+    from guardgen.data.folders import unreadable_reason, read_image
     from guardgen.data.generated import write_image_set
     from guardgen.errors import GuardgenError
     from guardgen.models import resolve
@@ -271,7 +271,7 @@ def evade(
         try:
             ref = read_image(reference)
         except Exception as err:  # noqa: BLE001 - one line, whatever Pillow says
-            raise GuardgenError(f"{reference}: {_reason(reference, err)}") from None
+            raise GuardgenError(f"{reference}: {unreadable_reason(reference, err)}") from None
     white = [Detector.from_pretrained(p) for p in detector]
     black = [Detector.from_pretrained(p) for p in black_box]
     with progress_callback(f"latent evasion ({mode})", keys=("loss", "success_rate", "run")) as cb:

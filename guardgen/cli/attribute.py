@@ -24,6 +24,11 @@ SourceOpt = Annotated[list[str], typer.Option("--source", help="NAME=SPEC: mnist
 PerSourceOpt = Annotated[int, typer.Option(min=1, help="Images drawn per --source (GANs are sampled, MNIST and folders truncated).")]
 
 
+def _source_specs(source: list[str]) -> list[str]:
+    """The SPEC of each NAME=SPEC --source entry (what ``check_out`` compares with --out)."""
+    return [item.split("=", 1)[-1].strip() for item in source]
+
+
 def _load_sources(data: Path | None, sources: list[str], per_source: int, seed: int, split: str, resolution: int | None,
                   channels: int | None = None):
     """(images (N, C, H, W) in [0, 1], labels (N,), names) from a per-source folder and/or --source entries;
@@ -113,7 +118,7 @@ def fit(
     from guardgen.data import load_image_folder
     from guardgen.errors import GuardgenError
 
-    check_out(out, data={"--data": data, "--unlabeled": unlabeled, "--source": [i.split("=", 1)[-1].strip() for i in source]})
+    check_out(out, data={"--data": data, "--unlabeled": unlabeled, "--source": _source_specs(source)})
     params = {"seed": seed, "device": device, **parse_sets(set_)}
     model = configure(OpenWorldAttribution, params)
     folders = 0 if data is None or not data.is_dir() else sum(1 for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -158,7 +163,7 @@ def discover(
     target = out or model_dir  # the updated model replaces this folder as a whole
     same = target.resolve() == model_dir.resolve()
     check_out(target, [] if same else [("MODEL_DIR", model_dir)],
-              data={"--data": data, "--source": [i.split("=", 1)[-1].strip() for i in source]})
+              data={"--data": data, "--source": _source_specs(source)})
     model = OpenWorldAttribution.from_pretrained(model_dir)
     resolution = resolution or model.image_shape_[-1]  # the sources are read at the model's own size unless told otherwise
     images, labels, names = _load_sources(data, source, per_source, seed + 1_000, "test", resolution, model.image_shape_[0])
@@ -203,7 +208,7 @@ def predict(
     if images_dir is not None and (data is not None or source):
         raise GuardgenError("--images attributes a folder of unknown source; give it alone, without --data or --source")
     check_out(out, replaces=False, data={"--data": data, "--images": images_dir,
-                                         "--source": [i.split("=", 1)[-1].strip() for i in source]})
+                                         "--source": _source_specs(source)})
     model = OpenWorldAttribution.from_pretrained(model_dir)
     channels, size = model.image_shape_[0], model.image_shape_[-1]
     resolution = resolution or size  # images are read at the model's own size unless told otherwise

@@ -349,7 +349,7 @@ def score(
     import torch
 
     from detectors.detector import Detector
-    from guardgen.data.folders import IMAGE_SUFFIXES, _reason, read_image
+    from guardgen.data.folders import IMAGE_SUFFIXES, unreadable_reason, read_image
     from guardgen.data.shipped import resize
     from guardgen.errors import GuardgenError
 
@@ -370,7 +370,7 @@ def score(
         try:
             x = read_image(f, det.in_chans)
         except Exception as err:  # noqa: BLE001 - a bad file is skipped and counted
-            skipped.append((f, _reason(f, err)))
+            skipped.append((f, unreadable_reason(f, err)))
             continue
         notes.update(det.check_input(x[None]))
         tensors.append(resize(x[None], det.input_size)[0] if x.shape[-1] != det.input_size or x.shape[-2] != det.input_size else x)

@@ -29,7 +29,7 @@ def load_protected(specs: list[str], resolution: int = 16, num_classes: int | No
 
     ``num_classes``: where the data's classes are known already, a label outside 0..num_classes-1 is refused.
     """
-    from guardgen.data.folders import _reason, read_image
+    from guardgen.data.folders import unreadable_reason, read_image
 
     if not specs:
         raise GuardgenError("no protected works given; pass --protected mnist-test:INDEX or PATH@LABEL")
@@ -51,7 +51,7 @@ def load_protected(specs: list[str], resolution: int = 16, num_classes: int | No
         try:
             x = read_image(path, channels=1)
         except Exception as err:  # noqa: BLE001 - any decode failure is a bad file
-            raise GuardgenError(f"{path}: {_reason(Path(path), err)}") from None
+            raise GuardgenError(f"{path}: {unreadable_reason(Path(path), err)}") from None
         images.append(resize(x[None], resolution)[0])
         labels.append(int(label))
     labels = torch.tensor(labels, dtype=torch.long)

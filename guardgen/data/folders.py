@@ -24,7 +24,8 @@ import torch
 from guardgen.data.shipped import ImageSet, resize
 from guardgen.errors import GuardgenError
 
-__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "MixedSizes", "load_image_folder", "ImageFolderDataset", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "LoadReport", "MixedSizes", "load_image_folder", "ImageFolderDataset", "read_image",
+           "unreadable_reason"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUTS = ("auto", "binary", "per_source", "flat")
@@ -97,7 +98,7 @@ def load_image_folder(root: str | Path, *, resolution: int | None = None, channe
         try:
             x = read_image(path, channels)
         except Exception as err:  # noqa: BLE001 - any failure to decode means a bad file: skip it
-            report.skipped.append((str(path), _reason(path, err)))
+            report.skipped.append((str(path), unreadable_reason(path, err)))
             continue
         channels = channels or x.shape[0]
         if resolution is not None:
@@ -143,7 +144,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 if oriented:  # read_image may turn it upright: its size is read, not predicted (such files are rare)
                     this_size = tuple(read_image(path).shape[:0:-1])
             except Exception as err:  # noqa: BLE001 - any failure to open means a bad file: skip it
-                self.report.skipped.append((str(path), _reason(path, err)))
+                self.report.skipped.append((str(path), unreadable_reason(path, err)))
                 continue
             if channels is None:
                 channels = 1 if mode.startswith("I") or mode in _GRAY_MODES else 3
@@ -171,7 +172,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         try:
             x = read_image(path, self.channels)
         except Exception as err:  # noqa: BLE001 - passed verify() but cannot be decoded
-            raise GuardgenError(f"{path}: {_reason(path, err)}; "
+            raise GuardgenError(f"{path}: {unreadable_reason(path, err)}; "
                                 "remove it, or use load_image_folder, which skips such files") from None
         if self.resolution is not None:
             x = resize(x.unsqueeze(0), self.resolution)[0]
@@ -219,7 +220,8 @@ def _nothing_read(root: Path, layout: str, report: LoadReport) -> str:
     return message
 
 
-def _reason(path: Path, err: Exception) -> str:
+def unreadable_reason(path: Path, err: Exception) -> str:
+    """Why ``path`` could not be read as an image (``err``, what reading it raised), in a few words for one line."""
     from PIL import UnidentifiedImageError
 
     if path.is_file() and path.stat().st_size == 0:
