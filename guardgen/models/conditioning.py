@@ -49,15 +49,25 @@ class TextConditioning:
 
     kind = "text"
 
-    def __init__(self, encode: Callable[[list[str]], torch.Tensor], null_prompt: str = ""):
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor], null_prompt: str = "", *,
+                 count_tokens: Callable[[str], int] | None = None, max_tokens: int | None = None):
         self.encode = encode
         self.null_prompt = null_prompt
+        self.count_tokens, self.max_tokens = count_tokens, max_tokens
         self._cache: dict[str, torch.Tensor] = {}
 
     def parse(self, concept) -> str:
+        """A prompt from ``concept``; empty, or longer than the text encoder reads (its end would be cut off
+        silently, the concept perhaps with it) -> one-line error."""
         text = str(concept).strip()
         if not text:
             raise GuardgenError("empty prompt; a text concept is a phrase such as 'a handwritten digit seven'")
+        if self.count_tokens is not None and self.max_tokens is not None:
+            n = self.count_tokens(text)
+            if n > self.max_tokens:
+                shown = text if len(text) <= 40 else text[:40] + "..."
+                raise GuardgenError(f"prompt {shown!r} is {n} tokens; this text encoder reads at most {self.max_tokens} "
+                                    "and would ignore the rest: shorten it")
         return text
 
     def _embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -124,5 +134,8 @@ def conditioning_for(pipe):
                                  truncation=True, return_tensors="pt")
             return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
 
-        return TextConditioning(encode)
+        def count_tokens(prompt: str) -> int:  # what the tokenizer makes of it untruncated, start and end tokens included
+            return len(pipe.tokenizer.tokenize(prompt)) + pipe.tokenizer.num_special_tokens_to_add()
+
+        return TextConditioning(encode, count_tokens=count_tokens, max_tokens=pipe.tokenizer.model_max_length)
     raise GuardgenError(f"{name}: the model has no class or text conditioning to unlearn a concept from")

@@ -65,6 +65,15 @@ def test_tiny_stable_diffusion_pipeline_loads(tiny_sd_pipeline):
     assert img.shape == (1, 8, 8, 3)
 
 
+def test_a_prompt_longer_than_the_clip_tokenizer_reads_is_refused(tiny_sd_pipeline):
+    from guardgen.models.conditioning import conditioning_for
+
+    cond = conditioning_for(load_model(str(tiny_sd_pipeline)))
+    assert cond.parse("a " * 75) == ("a " * 75).strip()  # 75 tokens + start and end: exactly the 77 CLIP reads
+    with pytest.raises(GuardgenError, match="is 78 tokens; this text encoder reads at most 77"):
+        cond.parse("a " * 76)
+
+
 def test_truncated_unet_weights_fail_in_one_line(tiny_class_pipeline):
     weights = next((tiny_class_pipeline / "unet").glob("*.safetensors"))
     data = weights.read_bytes()

@@ -95,6 +95,7 @@ def test_keyword_rules():
     ({}, {"forget": [], "override": ["a cat"]}, "redaction set is empty"),
     ({}, {"forget": ["a cat"], "override": []}, "needs a reference"),
     ({}, {"forget": ["a cat"], "override": ["a cat"]}, "is itself redacted"),
+    ({}, {"forget": ["a cat " * 40], "override": ["a dog"]}, "reads at most 77 and would ignore the rest"),
     ({"replace": {"cat": "dog"}}, {"forget": ["a cat"], "override": ["a cat sitting"]}, "contains a redacted keyword"),
     ({"variant": "half"}, {"forget": ["a cat"], "override": ["a dog"]}, "variant='half': must be one of full, last_layers, lora"),
 ])
