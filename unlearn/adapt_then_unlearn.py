@@ -421,6 +421,8 @@ def load_unlearned_gan(folder: str | Path, generator: nn.Module, discriminator: 
 class AdaptThenUnlearn(_GANUnlearnBase):
     """Defaults sized for the zoo's 16x16 GANs on a CPU (bench/gan.py): 200 adaptation and 500 unlearning
     iterations at batch 64, lr 5e-4, NL2 repulsion (the README's MNIST choice) with gamma 1e-3 on the auto-scaled distance."""
+    summary: ClassVar[str] = ("Adapt-then-Unlearn (Tiwary et al., TMLR): adapt a GAN to the unwanted samples, then "
+                              "train away from them")  # one line for `guardgen unlearn methods`
 
     _STAGES: ClassVar[tuple[str, ...]] = ("adapt", "adapted", "unlearn")
 
@@ -515,6 +517,8 @@ class AdaptThenUnlearn(_GANUnlearnBase):
 @dataclass(kw_only=True)
 class GANFineTune(_GANUnlearnBase):
     """The naive baseline: adversarial fine-tuning of the original GAN on the samples without the feature."""
+    summary: ClassVar[str] = ("Adversarial fine-tuning of the GAN on its samples without the feature "
+                              "(Adapt-then-Unlearn's naive baseline)")  # one line for `guardgen unlearn methods`
 
     _key = "gan_finetune"
     _STAGES: ClassVar[tuple[str, ...]] = ("finetune",)

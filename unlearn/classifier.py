@@ -182,6 +182,7 @@ class ClassifierUnlearner:
 @dataclass(kw_only=True)
 class RetrainClassifier(ClassifierUnlearner):
     """Retrain from scratch on the retained data, with the zoo oracle's recipe (AdamW, cosine, smoothing, affine)."""
+    summary: ClassVar[str] = "Retrain the classifier from scratch on the retained data (the gold standard)"  # one line for `guardgen unlearn methods`
 
     epochs: PositiveInt = 30
     lr: PositiveFloat = 3e-3
@@ -223,6 +224,7 @@ class RetrainClassifier(ClassifierUnlearner):
 @dataclass(kw_only=True)
 class FT(ClassifierUnlearner):
     """Fine-tune on the retained data (catastrophic forgetting of the rest)."""
+    summary: ClassVar[str] = "Fine-tune the classifier on the retained data"  # one line for `guardgen unlearn methods`
 
     uses_forget = False
 
@@ -234,6 +236,7 @@ class FT(ClassifierUnlearner):
 @dataclass(kw_only=True)
 class GAClassifier(ClassifierUnlearner):
     """Gradient ascent on the forget data."""
+    summary: ClassVar[str] = "Gradient ascent on the forget data's loss"  # one line for `guardgen unlearn methods`
 
     lr: PositiveFloat = 1e-3
     uses_retain = False
@@ -246,6 +249,7 @@ class GAClassifier(ClassifierUnlearner):
 @dataclass(kw_only=True)
 class RL(ClassifierUnlearner):
     """Random labels: relabel the forget data (a wrong class each time) and fine-tune on forget + retain."""
+    summary: ClassVar[str] = "Random labels for the forget data, fine-tuned with the retained data"  # one line for `guardgen unlearn methods`
 
     def per_sample_loss(self, logits, labels, w, generator=None):
         wrong = _random_wrong_labels(labels, logits.shape[-1], generator)
@@ -256,6 +260,7 @@ class RL(ClassifierUnlearner):
 @dataclass(kw_only=True)
 class L1Sparse(FT):
     """FT with an l1 penalty alpha (1 - progress) ||theta||_1 that decays linearly to 0."""
+    summary: ClassVar[str] = "FT with a decaying l1 penalty on the weights (Jia et al., NeurIPS 2023)"  # one line for `guardgen unlearn methods`
 
     alpha: NonNegFloat = 5e-5
 
@@ -267,6 +272,8 @@ class L1Sparse(FT):
 @dataclass(kw_only=True)
 class SalUn(RL):
     """RL on the salient weights only: the top ``threshold`` share by forget-loss gradient magnitude."""
+    summary: ClassVar[str] = ("Saliency unlearning (Fan et al., ICLR 2024): random labels on the weights most salient "
+                              "to the forget loss")  # one line for `guardgen unlearn methods`
 
     threshold: UnitFloat = 0.5  # share of weights that may change
 

@@ -30,6 +30,8 @@ __all__ = ["ESD"]
 @UNLEARN.register("esd")
 @dataclass(kw_only=True)
 class ESD:
+    summary: ClassVar[str] = ("Erased Stable Diffusion (Gandikota et al., ICCV 2023): fine-tune the UNet onto "
+                              "negative guidance away from the concept")  # one line for `guardgen unlearn methods`
     target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
     eta: NonNegFloat = 1.0  # negative guidance strength
     lr: PositiveFloat = 1e-4

@@ -29,6 +29,8 @@ __all__ = ["GA"]
 @UNLEARN.register("ga")
 @dataclass(kw_only=True)
 class GA:
+    summary: ClassVar[str] = ("Gradient ascent on the concept's denoising loss with a fine-tuning anchor on retained "
+                              "ones (lambda_forget=0: FT)")  # one line for `guardgen unlearn methods`
     target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
     lambda_forget: NonNegFloat = 1.0
     lambda_retain: NonNegFloat = 1.0

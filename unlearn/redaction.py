@@ -50,6 +50,8 @@ GENERIC_PROMPTS = [
 @dataclass(kw_only=True)
 class Redaction:
     """Hyperparameters: lambda (the redaction weight), the trainable part of the encoder and a short Adam run."""
+    summary: ClassVar[str] = ("Data redaction (Kong and Chaudhuri, SaTML 2024): distil the conditioning network so "
+                              "the concept maps to a reference")  # one line for `guardgen unlearn methods`
     target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
 
     variant: Literal["full", "last_layers", "lora"] = "full"

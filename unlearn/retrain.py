@@ -26,6 +26,8 @@ __all__ = ["Retrain"]
 @UNLEARN.register("retrain")
 @dataclass(kw_only=True)
 class Retrain:
+    summary: ClassVar[str] = ("Retrain from scratch without the concept's data (zoo models, through their seeded "
+                              "builds): the gold standard")  # one line for `guardgen unlearn methods`
     target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
     zoo_name: str = ""  # which zoo recipe to rerun (set from the model spec by the CLI)
     steps: PositiveInt | None = None  # None: the zoo model's own training length

@@ -74,6 +74,8 @@ class SFD:
     1.26/1.37/1.21/1.29x over ddpm seeds 0-3 and from 1.51/6.51x to 1.75/1.92x over t2i seeds 0-1, where seed 1 now
     forgets (forget rate 0.060 -> 0.006). forget_share 0.125 steadied ddpm too (1.27/1.36/1.21/1.35x) but left the
     text concept half-forgotten (forget rate 0.05), so it stays 0.25 (sfd_sweep-cpu-seeds.json)."""
+    summary: ClassVar[str] = ("Score Forgetting Distillation (Chen et al., ICLR 2025): a data-free one-step generator "
+                              "whose forgotten concept becomes the override")  # one line for `guardgen unlearn methods`
     target: ClassVar[str] = "diffusion"  # the kind of model it unlearns (`guardgen unlearn methods`)
 
     alpha: NonNegFloat = 1.5

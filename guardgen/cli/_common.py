@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -115,11 +116,18 @@ def silence(progress: Progress) -> None:
 
 
 def results_table(title: str, rows: list[dict], columns: list[str] | None = None) -> Table:
-    """A rich table from a list of row dicts (floats shown with 4 significant digits)."""
+    """A rich table from a list of row dicts (floats shown with 4 significant digits; numbers right-aligned, text
+    left-aligned)."""
     columns = columns or list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title=title)
     for col in columns:
-        table.add_column(col, justify="left" if col == columns[0] else "right")
+        values = [row[col] for row in rows if row.get(col) not in (None, "")]
+        numeric = col != columns[0] and all(_numeric(v) for v in values)
+        if col == columns[0]:  # the row's name (a model, a method, a generator): never cut, it is what users type
+            width = max([len(col)] + [len(str(v)) for v in values])
+            table.add_column(col, no_wrap=True, min_width=width)
+        else:
+            table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         cells = []
         for col in columns:
@@ -127,6 +135,13 @@ def results_table(title: str, rows: list[dict], columns: list[str] | None = None
             cells.append(f"{v:.4g}" if isinstance(v, float) else escape(str(v)))
         table.add_row(*cells)
     return table
+
+
+def _numeric(value) -> bool:
+    """A number, or text that starts with one ("0.977 (128)", "-0.021 [-0.024, -0.018]", "nan")."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) or (isinstance(value, str) and re.match(r"[-+]?(\d|\.\d|nan\b|inf\b)", value) is not None)
 
 
 def parse_sets(values: list[str]) -> dict:

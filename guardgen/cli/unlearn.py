@@ -28,8 +28,7 @@ def methods() -> None:
     rows = []
     for name in UNLEARN.names():
         cls = UNLEARN.get(name)
-        doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip().splitlines()[0]
-        rows.append({"method": name, "for": cls.target, "class": cls.__name__, "description": doc})
+        rows.append({"method": name, "for": cls.target, "description": cls.summary})
     console.print(results_table("unlearning methods", rows))
 
 

@@ -22,6 +22,18 @@ def test_methods_lists_every_method():
     assert (rows["sfd"], rows["adapt_then_unlearn"], rows["salun"]) == ("diffusion", "gan", "classifier")
 
 
+def test_every_method_has_its_own_one_line_summary():
+    from guardgen.cli._common import results_table
+    from unlearn import UNLEARN
+
+    summaries = [UNLEARN.get(name).summary for name in UNLEARN.names()]
+    assert all(isinstance(s, str) and s and "\n" not in s for s in summaries)
+    assert len(set(summaries)) == len(summaries)  # not a module docstring shared by several methods
+    table = results_table("t", [{"method": "sfd", "description": "text", "n": 3, "x": 0.5, "ci": "0.97 (0.95-0.99)"},
+                                {"method": "esd", "description": "7 digits", "n": 4, "x": "", "ci": "nan"}])
+    assert [c.justify for c in table.columns] == ["left", "left", "right", "right", "right"]  # text left, numbers right
+
+
 def test_unlearn_concept_end_to_end_on_the_zoo(tmp_path):
     out = tmp_path / "run"
     result = invoke("unlearn", "concept", "--model", "zoo:mnist-ddpm", "--forget", 7, "--override", 1,
