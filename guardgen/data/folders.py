@@ -31,6 +31,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUTS = ("auto", "binary", "per_source", "flat")
 _REAL, _FAKE = ("0_real", "real"), ("1_fake", "fake")
 _GRAY_MODES = ("1", "L", "LA", "La")
+_ORIENTATION = 0x0112  # the TIFF (and EXIF) orientation tag
 _FLOAT_MODE = "32-bit float image: its value range is not defined; save it as an 8- or 16-bit image"
 
 
@@ -62,22 +63,53 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """
     from PIL import Image, ImageOps
 
-    with warnings.catch_warnings(), Image.open(path) as img:
+    with warnings.catch_warnings():
         # a large image is read and resized like any other; beyond twice Pillow's limit it still raises
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img.load()
-        if img.mode == "F":
-            raise ValueError(_FLOAT_MODE)
-        img = ImageOps.exif_transpose(img)
-        wide = img.mode.startswith("I")  # 16/32-bit integer gray
-        channels = channels or (1 if wide or img.mode in _GRAY_MODES else 3)
-        if wide:
-            arr = np.clip(np.array(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
-            arr = arr if channels == 1 else np.repeat(arr[..., None], 3, axis=-1)
-        else:
-            arr = np.array(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        img, turn = _open(path)
+        with img:
+            img.load()
+            if img.mode == "F":
+                raise ValueError(_FLOAT_MODE)
+            img = img.transpose(turn) if turn is not None else ImageOps.exif_transpose(img)
+            wide = img.mode.startswith("I")  # 16/32-bit integer gray
+            channels = channels or (1 if wide or img.mode in _GRAY_MODES else 3)
+            if wide:
+                arr = np.clip(np.array(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+                arr = arr if channels == 1 else np.repeat(arr[..., None], 3, axis=-1)
+            else:
+                arr = np.array(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     x = torch.from_numpy(arr)
     return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
+
+
+def _open(path: str | Path):
+    """``(Image.open(path), None)``, except for a TIFF whose orientation tag turns it by a quarter (5-8): Pillow 13
+    scrambles such a TIFF when it is uncompressed and not RGB (gray, 16-bit, palette, RGBA, CMYK), so it is opened
+    with the tag set to 1, and returned with the turn (an ``Image.Transpose``) to apply after decoding."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    img = Image.open(path)
+    orientation = img.tag_v2.get(_ORIENTATION) if img.format == "TIFF" else None
+    if orientation not in (5, 6, 7, 8):
+        return img, None
+    img.close()
+    data = bytearray(Path(path).read_bytes())
+    order = "<" if data[:2] == b"II" else ">"
+    if struct.unpack_from(order + "H", data, 2)[0] != 42:  # BigTIFF (43): Pillow's own turn
+        return Image.open(path), None
+    first = struct.unpack_from(order + "I", data, 4)[0]
+    for i in range(struct.unpack_from(order + "H", data, first)[0]):
+        entry = first + 2 + 12 * i
+        tag, kind, count = struct.unpack_from(order + "HHI", data, entry)
+        if tag == _ORIENTATION and kind == 3 and count == 1:  # one SHORT, held in the entry itself
+            struct.pack_into(order + "H", data, entry + 8, 1)
+            turn = {5: "TRANSPOSE", 6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}[orientation]
+            return Image.open(io.BytesIO(bytes(data))), Image.Transpose[turn]
+    return Image.open(path), None  # a tag this reader cannot reach: Pillow's own turn
 
 
 def load_image_folder(root: str | Path, *, resolution: int | None = None, channels: int | None = None,

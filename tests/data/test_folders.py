@@ -263,7 +263,29 @@ def test_float_images_are_refused_and_exif_orientation_is_applied(tmp_path):
     xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
            b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
     Image.fromarray(wide).save(folder / "xmp.jpg", xmp=xmp)  # the orientation in XMP only, which Pillow applies too
+    Image.fromarray(wide).save(folder / "turned.tif", tiffinfo={0x0112: 6})  # a TIFF's own orientation tag
     Image.fromarray(wide.T.copy()).save(folder / "upright.png")
     ds = ImageFolderDataset(folder, layout="flat")  # all one size once turned: no MixedSizes, and a batch collates
-    assert [read_image(p).shape for p, _ in ds.items] == [(1, 16, 8)] * 4
-    assert next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))[0].shape == (4, 1, 16, 8)
+    assert [read_image(p).shape for p, _ in ds.items] == [(1, 16, 8)] * 5
+    assert torch.equal(read_image(folder / "turned.tif"), x)  # turned like the PNG, pixel for pixel
+    assert next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))[0].shape == (5, 1, 16, 8)
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_tiff_is_turned_by_its_own_orientation_tag_like_a_png_by_its_exif(tmp_path, orientation, compression):
+    """Pillow 13 turns a TIFF itself, and scrambles an uncompressed gray one turned by a quarter (5-8)."""
+    from guardgen.data.folders import read_image
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (6, 10), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(tmp_path / "a.png", exif=exif)
+    Image.fromarray(pixels).save(tmp_path / "a.tif", tiffinfo={0x0112: orientation}, compression=compression)
+    png, tif = read_image(tmp_path / "a.png"), read_image(tmp_path / "a.tif")
+    assert png.shape == ((1, 6, 10) if orientation == 3 else (1, 10, 6))
+    assert torch.equal(tif, png)
+    deep = np.random.default_rng(1).integers(0, 65536, (6, 10), dtype=np.uint16)  # 16-bit gray, uncompressed
+    Image.fromarray(deep).save(tmp_path / "b.tif", tiffinfo={0x0112: orientation})
+    Image.fromarray(deep).save(tmp_path / "b.png", exif=exif)
+    assert torch.equal(read_image(tmp_path / "b.tif"), read_image(tmp_path / "b.png"))
