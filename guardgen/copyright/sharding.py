@@ -103,6 +103,18 @@ def _protected_members(images, protected, threshold, size, groups) -> list[torch
     return [torch.isin(groups, groups[row]).nonzero().flatten() for row in close]
 
 
+def _owners(members: list[torch.Tensor]) -> list[int]:
+    """Protected works that share a copy must share a shard, and so must chains of them (A shares with C, C with B):
+    the connected components of "shares a copy", numbered in order of their first work."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = [(a, b) for a in range(len(members)) for b in range(a) if torch.isin(members[a], members[b]).any()]
+    rows, cols = [a for a, _ in pairs], [b for _, b in pairs]
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (rows, cols)), shape=(len(members), len(members)))
+    return connected_components(graph, directed=False)[1].tolist()
+
+
 def shard_dataset(data: ImageSet, protected: torch.Tensor, *, n_shards: int = 2, threshold: float = 0.05, size: int = 8,
                   seed: int = 0) -> ShardPlan:
     """Split ``data`` into ``n_shards`` disjoint shards with each protected work (P, C, H, W) and all its
@@ -116,18 +128,12 @@ def shard_dataset(data: ImageSet, protected: torch.Tensor, *, n_shards: int = 2,
                             "resize them to the data's resolution")
     groups = near_duplicate_groups(data.images, threshold, size)
     members = _protected_members(data.images, protected, threshold, size, groups)
-    # protected works that share copies must share a shard: union them
-    owner = list(range(len(protected)))
-    for a in range(len(members)):
-        for b in range(a):
-            if torch.isin(members[a], members[b]).any():
-                owner[a] = owner[b]
+    owner = _owners(members)
     assignment = torch.full((len(data),), -1, dtype=torch.long)
     sizes = torch.zeros(n_shards, dtype=torch.long)
     protected_shard = torch.empty(len(protected), dtype=torch.long)
-    heads = sorted(set(owner))
     for j in range(len(protected)):
-        protected_shard[j] = heads.index(owner[j]) % n_shards
+        protected_shard[j] = owner[j] % n_shards
         assignment[members[j]] = protected_shard[j]
     for s in range(n_shards):
         sizes[s] = (assignment == s).sum()

@@ -41,6 +41,19 @@ def test_protected_works_and_their_near_duplicates_land_in_one_shard():
     check_shards([plan.shard(data, i).images for i in range(2)], works, threshold=0.05)  # passes
 
 
+def test_protected_works_chained_by_shared_copies_share_one_shard():
+    """A and B share no copy, but C shares one with each: all three (and their copies) go to one shard."""
+    flat = torch.ones(1, 1, 8, 8)
+    works = torch.cat([0.02 * flat, 0.18 * flat, 0.10 * flat])  # A, B, C
+    data = ImageSet(torch.cat([0.06 * flat, 0.14 * flat, torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + 1]),
+                    torch.zeros(12, dtype=torch.long), ["0"], "chain")  # a copy of A and C, one of C and B, unrelated images
+    plan = shard_dataset(data, works, n_shards=2, threshold=0.05, size=8)
+    assert plan.protected_members == [[0], [1], [0, 1]]
+    assert len(set(plan.protected_shard.tolist())) == 1
+    for j, members in enumerate(plan.protected_members):
+        assert (plan.assignment[members] == plan.protected_shard[j]).all()  # the safe model is another shard's
+
+
 def test_check_shards_refuses_a_protected_work_in_both_shards_and_names_the_copies():
     works, labels = _protected()
     data = with_copies(_data(), works, labels, copies=10, noise=0.01, seed=0)
